@@ -1,0 +1,3 @@
+"""bench: anomaly-detection benchmarks over fractal, ImageNet and random backbone weights."""
+
+__version__ = "0.1.0"
