@@ -1,0 +1,84 @@
+"""The adapter contract between the runner and an anomaly-detection method.
+
+The runner knows only this interface: it builds an adapter, loads weights into
+`backbone_module()`, feeds normalised training images to `fit` and test images to `predict`.
+"""
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol
+
+import torch
+from torch import nn
+
+from bench.errors import ConfigError
+from bench.weights.architectures import Architecture
+
+
+class Phases(Protocol):
+    """Progress reporting handed to adapters: a bar for iterations, a spinner for one step."""
+
+    def track(self, batches: Iterable[torch.Tensor], description: str, total: int) -> Iterator[torch.Tensor]: ...
+
+    def step(self, description: str) -> AbstractContextManager[None]: ...
+
+
+@dataclass(frozen=True)
+class Option:
+    """A method option settable with `--option key=value`: its type, default and meaning."""
+
+    type: type
+    default: Any
+    help: str
+
+    def parse(self, key: str, text: str) -> Any:
+        """Convert the command-line text of option `key` to this option's type."""
+        try:
+            if self.type is bool:
+                if text.lower() not in {"true", "false", "1", "0"}:
+                    raise ValueError(text)
+                return text.lower() in {"true", "1"}
+            return self.type(text)
+        except ValueError:
+            raise ConfigError(f"invalid value '{text}' for option {key}; expected {self.type.__name__}") from None
+
+
+class MethodAdapter(ABC):
+    """One anomaly-detection method behind the runner's interface.
+
+    Subclasses set `name`, `default_levels` (feature hierarchy levels 1..4) and `options`.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    default_levels: ClassVar[tuple[int, ...]]
+    options: ClassVar[dict[str, Option]] = {}
+
+    def __init__(self, architecture: Architecture, levels: list[int], options: dict[str, Any]) -> None:
+        self.architecture = architecture
+        self.levels = levels
+        self.layer_names = architecture.layer_names(levels)
+        self.config = options
+
+    @classmethod
+    def resolve_options(cls, given: dict[str, str]) -> dict[str, Any]:
+        """Return every option of the method with its default or its given value, type-checked."""
+        unknown = sorted(set(given) - set(cls.options))
+        if unknown:
+            known = ", ".join(sorted(cls.options)) or "none"
+            raise ConfigError(f"unknown option '{unknown[0]}' for method {cls.name}; its options: {known}")
+        return {key: option.parse(key, given[key]) if key in given else option.default for key, option in cls.options.items()}
+
+    @abstractmethod
+    def backbone_module(self) -> nn.Module:
+        """Return the timm feature extractor into which backbone weights are loaded."""
+
+    @abstractmethod
+    def fit(self, train_batches: Iterable[torch.Tensor], n_batches: int, phases: Phases) -> None:
+        """Fit the method on normalised training images, batches of shape (B, 3, H, W)."""
+
+    @abstractmethod
+    def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Score normalised test images (B, 3, H, W): image scores (B,) and raw anomaly maps (B, H, W)."""
