@@ -1,0 +1,57 @@
+"""Run configurations: one fully specified run, and its stable hash."""
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+# Pixel metrics at the native resolution of the test images instead of a fixed size.
+ORIGINAL = 0
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines a run's result.
+
+    `levels` are feature hierarchy levels (1..4), `image_size` the square model input in pixels,
+    `eval_size` the square size at which pixel metrics are computed (ORIGINAL for the images' own
+    resolution), `method_options` every option of the method with defaults filled in.
+    """
+
+    method: str
+    backbone: str
+    weights: str
+    dataset: str
+    root: str
+    category: str
+    levels: tuple[int, ...]
+    image_size: int = 256
+    eval_size: int = 256
+    seed: int = 0
+    method_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def layers(self) -> str:
+        """The hierarchy levels as stored in the database, e.g. "1,2,3"."""
+        return ",".join(str(level) for level in self.levels)
+
+    def describe(self) -> str:
+        """Return a one-line label for progress output."""
+        return (f"{self.method} | {self.weights}/{self.backbone} | {self.dataset}/{self.category} | "
+                f"layers {self.layers} | {self.image_size}px | seed {self.seed}")
+
+    def to_dict(self, weights_identity: str) -> dict[str, Any]:
+        """Return the configuration with the weights' content identity, as stored in `runs.config`."""
+        values = asdict(self)
+        values["levels"] = list(self.levels)
+        values["weights_identity"] = weights_identity
+        return values
+
+    def hash(self, weights_identity: str) -> str:
+        """Return the SHA-256 of the canonical JSON of the configuration.
+
+        The weights enter by content (file hash or source tag), so re-registering the same file
+        under the same name keeps the hash, and a retrained checkpoint changes it.
+        """
+        canonical = json.dumps(self.to_dict(weights_identity), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()

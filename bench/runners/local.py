@@ -1,0 +1,191 @@
+"""The local runner: executes one run configuration in this process and stores its row."""
+
+import logging
+import random
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session, sessionmaker
+from torch.utils.data import DataLoader
+
+from bench.data import load_dataset
+from bench.data.base import Category
+from bench.data.loading import ImageDataset, load_masks
+from bench.errors import ConfigError
+from bench.methods import get_method
+from bench.metrics import MetricValue, compute_metrics
+from bench.runners.config import ORIGINAL, RunConfig
+from bench.runners.environment import git_revision, host_name, package_versions, peak_memory_mb, reset_peak_memory
+from bench.runners.progress import RichPhases
+from bench.schema.models import Metric, Run
+from bench.weights.architectures import get_architecture
+from bench.weights.loading import load_into
+from bench.weights.registry import WeightsRecord, resolve_weights
+
+logger = logging.getLogger(__name__)
+
+DONE = "done"
+FAILED = "failed"
+SKIPPED = "skipped"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What happened to one configuration: done, skipped (already done) or failed."""
+
+    config: RunConfig
+    status: str
+    run_id: int | None
+    metrics: tuple[MetricValue, ...] = ()
+    error: str | None = None
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so that initialisation and sampling repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _eval_shape(config: RunConfig, category: Category) -> tuple[int, int]:
+    if config.eval_size != ORIGINAL:
+        return config.eval_size, config.eval_size
+    sizes = set()
+    from PIL import Image
+
+    for sample in category.test:
+        with Image.open(sample.path) as image:
+            sizes.add(image.size)
+    if len(sizes) > 1:
+        raise ConfigError(f"--eval-size original needs test images of one size; {category.name} has {len(sizes)} sizes; pass a pixel size")
+    width, height = sizes.pop()
+    return height, width
+
+
+def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecord, phases: RichPhases,
+           batch_size: int) -> list[MetricValue]:
+    test_set = ImageDataset(category.test, config.image_size, weights.mean, weights.std)
+    loader = DataLoader(test_set, batch_size=batch_size, shuffle=False)
+    height, width = _eval_shape(config, category)
+
+    scores = np.zeros(len(test_set), dtype=np.float64)
+    maps = np.zeros((len(test_set), height, width), dtype=np.float32)
+    for images, indices in phases.track(loader, "scoring (test)", len(loader)):
+        image_scores, anomaly_maps = adapter.predict(images)
+        if anomaly_maps.shape[-2:] != (height, width):
+            anomaly_maps = F.interpolate(anomaly_maps[:, None], size=(height, width), mode="bilinear",
+                                         align_corners=False)[:, 0]
+        scores[indices.numpy()] = image_scores.double().numpy()
+        maps[indices.numpy()] = anomaly_maps.float().numpy()
+
+    labels = np.array([sample.label for sample in category.test], dtype=np.int64)
+    masks = load_masks(category.test, height, width)
+    with phases.step("metrics"):
+        return compute_metrics(labels, scores, masks, maps if masks is not None else None)
+
+
+def _store(session_factory: sessionmaker[Session], config: RunConfig, config_hash: str, weights: WeightsRecord,
+           **fields) -> int:
+    metrics: list[MetricValue] = fields.pop("metrics", [])
+    with session_factory() as session, session.begin():
+        # Replacing a forced or failed run and inserting the new row happen in one transaction.
+        session.execute(delete(Run).where(Run.config_hash == config_hash))
+        run = Run(
+            config_hash=config_hash,
+            config=config.to_dict(weights.identity),
+            method=config.method,
+            method_options=config.method_options,
+            backbone=config.backbone,
+            weights_name=config.weights,
+            weights_id=weights.id,
+            dataset=config.dataset,
+            root=config.root,
+            category=config.category,
+            layers=config.layers,
+            image_size=config.image_size,
+            seed=config.seed,
+            versions=package_versions(),
+            git_revision=git_revision(),
+            host=host_name(),
+            **fields,
+        )
+        run.metrics = [Metric(name=m.name, value=m.value, null_reason=m.null_reason, resolution=m.resolution)
+                       for m in metrics]
+        session.add(run)
+        session.flush()
+        return run.id
+
+
+def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir: Path, console: Console,
+            force: bool = False, batch_size: int = 8) -> RunOutcome:
+    """Run one configuration unless it is already done, and store its row with its metrics.
+
+    The dataset and weights are validated before any work; a failure during the run is stored as
+    a failed row with the error text and its traceback in the run's log file.
+    """
+    category = load_dataset(config.dataset, Path(config.root), config.category)
+    with session_factory() as session:
+        weights = resolve_weights(session, config.weights, config.backbone)
+    config_hash = config.hash(weights.identity)
+
+    with session_factory() as session:
+        existing = session.scalars(select(Run).where(Run.config_hash == config_hash)).first()
+        if existing is not None and existing.status == DONE and not force:
+            return RunOutcome(config, SKIPPED, existing.id)
+
+    log_path = (runs_dir / config_hash[:16] / "run.log").resolve()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(log_path, mode="w")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root_logger = logging.getLogger()
+    root_logger.addHandler(handler)
+    previous_level = root_logger.level
+    root_logger.setLevel(logging.INFO)
+
+    started_at = _now()
+    start = time.perf_counter()
+    reset_peak_memory()
+    logger.info("run %s: %s", config_hash[:16], config.describe())
+    try:
+        seed_everything(config.seed)
+        method = get_method(config.method)
+        adapter = method(get_architecture(config.backbone), list(config.levels), config.method_options)
+        load_into(adapter.backbone_module(), weights)
+
+        train_set = ImageDataset(category.train, config.image_size, weights.mean, weights.std)
+        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=False)
+        with RichPhases(console) as phases:
+            adapter.fit((images for images, _ in train_loader), len(train_loader), phases)
+            metrics = _score(adapter, config, category, weights, phases, batch_size)
+        for metric in metrics:
+            shown = metric.value if metric.value is not None else f"NULL ({metric.null_reason})"
+            logger.info("%s = %s (resolution %s)", metric.name, shown, metric.resolution)
+    except Exception as error:
+        logger.error("run %s failed:\n%s", config_hash[:16], traceback.format_exc())
+        message = f"{type(error).__name__}: {error}"
+        run_id = _store(session_factory, config, config_hash, weights, status=FAILED, started_at=started_at,
+                        ended_at=_now(), wall_time_s=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(),
+                        log_path=str(log_path), error=message)
+        return RunOutcome(config, FAILED, run_id, error=message)
+    finally:
+        root_logger.removeHandler(handler)
+        root_logger.setLevel(previous_level)
+        handler.close()
+
+    wall_time = time.perf_counter() - start
+    run_id = _store(session_factory, config, config_hash, weights, status=DONE, started_at=started_at,
+                    ended_at=_now(), wall_time_s=wall_time, peak_memory_mb=peak_memory_mb(),
+                    log_path=str(log_path), metrics=metrics)
+    return RunOutcome(config, DONE, run_id, tuple(metrics))
