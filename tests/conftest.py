@@ -5,6 +5,10 @@ from pathlib import Path
 
 import pytest
 
+# An accidental hub download must fail at once instead of retrying for a minute; set before any
+# test imports huggingface_hub, which reads it at import time.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # The shared data folder sits beside the repository checkout; BENCH_SHARED_DATA overrides it.
 SHARED_DATA = Path(
     os.environ.get("BENCH_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -27,3 +31,27 @@ def visa_split_csv() -> Path:
     if not VISA_SPLIT_CSV.is_file():
         pytest.skip(f"VisA split file not found at {VISA_SPLIT_CSV} (set BENCH_SHARED_DATA)")
     return VISA_SPLIT_CSV
+
+
+def make_bottle_subset(mvtec_root: Path, out: Path, n_train: int = 12, n_per_defect: int = 3) -> Path:
+    """Link a small real subset of `bottle` into `out/bottle` in the MVTec layout; return `out`."""
+    source = mvtec_root / "bottle"
+    target = out / "bottle"
+    (target / "train" / "good").mkdir(parents=True)
+    for image in sorted((source / "train" / "good").glob("*.png"))[:n_train]:
+        (target / "train" / "good" / image.name).symlink_to(image)
+    for defect in ("good", "broken_large", "contamination"):
+        (target / "test" / defect).mkdir(parents=True)
+        for image in sorted((source / "test" / defect).glob("*.png"))[:n_per_defect]:
+            (target / "test" / defect / image.name).symlink_to(image)
+            if defect != "good":
+                mask = source / "ground_truth" / defect / f"{image.stem}_mask.png"
+                (target / "ground_truth" / defect).mkdir(parents=True, exist_ok=True)
+                (target / "ground_truth" / defect / mask.name).symlink_to(mask)
+    return out
+
+
+@pytest.fixture
+def bottle_subset(mvtec_root: Path, tmp_path: Path) -> Path:
+    """A dataset root in tmp_path with 12 training and 9 test images of the real `bottle`."""
+    return make_bottle_subset(mvtec_root, tmp_path / "mvtec")
