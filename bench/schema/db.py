@@ -15,9 +15,9 @@ DEFAULT_DB = "bench.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def database_url(db: str | None = None) -> str:
+def database_url(db: str | Path | None = None) -> str:
     """Return an SQLAlchemy URL for `db`, `$BENCH_DB` or `./bench.db`; a plain path means SQLite."""
-    value = db or os.environ.get("BENCH_DB") or DEFAULT_DB
+    value = str(db or os.environ.get("BENCH_DB") or DEFAULT_DB)
     if "://" in value:
         return value
     return f"sqlite:///{Path(value).expanduser().resolve()}"
@@ -41,7 +41,7 @@ def alembic_config(url: str) -> Config:
     return config
 
 
-def open_engine(db: str | None = None, migrate: bool = True) -> Engine:
+def open_engine(db: str | Path | None = None, migrate: bool = True) -> Engine:
     """Create an engine for the database and upgrade its schema to the newest migration."""
     url = database_url(db)
     if url.startswith("sqlite:///"):
