@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol
 import torch
 from torch import nn
 
+from bench.data.loading import TrainData
 from bench.errors import ConfigError
 from bench.weights.architectures import Architecture
 
@@ -75,9 +76,12 @@ class MethodAdapter(ABC):
     def backbone_module(self) -> nn.Module:
         """Return the timm feature extractor into which backbone weights are loaded."""
 
+    # Whether `fit` changes the backbone's weights (CutPaste fine-tunes it); stored with the run.
+    fine_tunes_backbone: ClassVar[bool] = False
+
     @abstractmethod
-    def fit(self, train_batches: Iterable[torch.Tensor], n_batches: int, phases: Phases) -> None:
-        """Fit the method on normalised training images, batches of shape (B, 3, H, W)."""
+    def fit(self, train: TrainData, phases: Phases) -> None:
+        """Fit the method on the training images (all normal)."""
 
     @abstractmethod
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,12 +4,11 @@ A multivariate Gaussian per feature-map position over a random subset of the con
 features; the anomaly map is the Mahalanobis distance, upsampled and blurred by anomalib.
 """
 
-from collections.abc import Iterable
-
 import torch
 from anomalib.models.image.padim.torch_model import PadimModel
 from torch import nn
 
+from bench.data.loading import TrainData
 from bench.errors import ConfigError
 from bench.methods.base import MethodAdapter, Option, Phases
 
@@ -47,9 +46,9 @@ class Padim(MethodAdapter):
     def backbone_module(self) -> nn.Module:
         return self.model.feature_extractor.feature_extractor
 
-    def fit(self, train_batches: Iterable[torch.Tensor], n_batches: int, phases: Phases) -> None:
+    def fit(self, train: TrainData, phases: Phases) -> None:
         self.model.train()
-        for images in phases.track(train_batches, "features (train)", n_batches):
+        for images in phases.track(train.batches(), "features (train)", train.n_batches()):
             self.model(images)
         with phases.step("fitting Gaussians"):
             self.model.fit()

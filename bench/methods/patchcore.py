@@ -4,13 +4,12 @@ Locally aggregated (3x3) mid-level patch features form a memory bank, reduced by
 coreset; a test patch scores its distance to the nearest memory-bank entry.
 """
 
-from collections.abc import Iterable
-
 import torch
 from anomalib.models.components import KCenterGreedy
 from anomalib.models.image.patchcore.torch_model import PatchcoreModel
 from torch import nn
 
+from bench.data.loading import TrainData
 from bench.errors import ConfigError
 from bench.methods.base import MethodAdapter, Option, Phases
 from bench.methods.coreset import greedy_coreset
@@ -44,9 +43,9 @@ class Patchcore(MethodAdapter):
     def backbone_module(self) -> nn.Module:
         return self.model.feature_extractor.feature_extractor
 
-    def fit(self, train_batches: Iterable[torch.Tensor], n_batches: int, phases: Phases) -> None:
+    def fit(self, train: TrainData, phases: Phases) -> None:
         self.model.train()
-        for images in phases.track(train_batches, "features (train)", n_batches):
+        for images in phases.track(train.batches(), "features (train)", train.n_batches()):
             self.model(images)
 
         embeddings = torch.vstack(self.model.embedding_store)

@@ -29,6 +29,8 @@ class RunConfig:
     eval_size: int = 256
     seed: int = 0
     method_options: dict[str, Any] = field(default_factory=dict)
+    # Few-shot: this many training images drawn with `seed`; None uses all of train/good.
+    train_shots: int | None = None
 
     @property
     def layers(self) -> str:
@@ -37,8 +39,9 @@ class RunConfig:
 
     def describe(self) -> str:
         """Return a one-line label for progress output."""
+        shots = f" | {self.train_shots}-shot" if self.train_shots else ""
         return (f"{self.method} | {self.weights}/{self.backbone} | {self.dataset}/{self.category} | "
-                f"layers {self.layers} | {self.image_size}px | seed {self.seed}")
+                f"layers {self.layers} | {self.image_size}px | seed {self.seed}{shots}")
 
     def to_dict(self, weights_identity: str) -> dict[str, Any]:
         """Return the configuration with the weights' content identity, as stored in `runs.config`."""

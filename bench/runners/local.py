@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from bench.data import load_dataset
 from bench.data.base import Category
-from bench.data.loading import ImageDataset, load_masks
+from bench.data.loading import ImageDataset, TrainData, load_masks
 from bench.errors import ConfigError
 from bench.methods import get_method
 from bench.metrics import MetricValue, compute_metrics
@@ -74,8 +74,32 @@ def _eval_shape(config: RunConfig, category: Category) -> tuple[int, int]:
     return height, width
 
 
+def select_train_samples(category: Category, shots: int | None, seed: int) -> tuple:
+    """Return all training samples, or `shots` of them drawn with `seed`, in file order."""
+    if shots is None:
+        return category.train
+    if not 0 < shots <= len(category.train):
+        raise ConfigError(f"invalid --train-shots {shots}; {category.name} has {len(category.train)} training images")
+    chosen = np.random.default_rng(seed).choice(len(category.train), size=shots, replace=False)
+    return tuple(category.train[index] for index in sorted(chosen))
+
+
+def save_maps(path: Path, category: Category, scores: np.ndarray, maps: np.ndarray) -> None:
+    """Store anomaly maps as float16 with image scores, labels and test image paths (compressed .npz)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_suffix(".tmp.npz")
+    np.savez_compressed(
+        temporary,
+        maps=maps.astype(np.float16),
+        scores=scores,
+        labels=np.array([sample.label for sample in category.test], dtype=np.int8),
+        paths=np.array([str(sample.path) for sample in category.test]),
+    )
+    temporary.replace(path)
+
+
 def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecord, phases: RichPhases,
-           batch_size: int) -> list[MetricValue]:
+           batch_size: int, maps_path: Path | None) -> list[MetricValue]:
     test_set = ImageDataset(category.test, config.image_size, weights.mean, weights.std)
     loader = DataLoader(test_set, batch_size=batch_size, shuffle=False)
     height, width = _eval_shape(config, category)
@@ -91,6 +115,8 @@ def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecor
         maps[indices.numpy()] = anomaly_maps.float().numpy()
 
     labels = np.array([sample.label for sample in category.test], dtype=np.int64)
+    if maps_path is not None:
+        save_maps(maps_path, category, scores, maps)
     masks = load_masks(category.test, height, width)
     with phases.step("metrics"):
         return compute_metrics(labels, scores, masks, maps if masks is not None else None)
@@ -116,6 +142,8 @@ def _store(session_factory: sessionmaker[Session], config: RunConfig, config_has
             layers=config.layers,
             image_size=config.image_size,
             seed=config.seed,
+            train_shots=config.train_shots,
+            backbone_fine_tuned=get_method(config.method).fine_tunes_backbone,
             versions=package_versions(),
             git_revision=git_revision(),
             host=host_name(),
@@ -129,7 +157,7 @@ def _store(session_factory: sessionmaker[Session], config: RunConfig, config_has
 
 
 def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir: Path, console: Console,
-            force: bool = False, batch_size: int = 8) -> RunOutcome:
+            force: bool = False, batch_size: int = 8, save_anomaly_maps: bool = True) -> RunOutcome:
     """Run one configuration unless it is already done, and store its row with its metrics.
 
     The dataset and weights are validated before any work; a failure during the run is stored as
@@ -145,7 +173,9 @@ def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir:
         if existing is not None and existing.status == DONE and not force:
             return RunOutcome(config, SKIPPED, existing.id)
 
+    train_samples = select_train_samples(category, config.train_shots, config.seed)
     log_path = (runs_dir / config_hash[:16] / "run.log").resolve()
+    maps_path = log_path.with_name("maps.npz") if save_anomaly_maps else None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(log_path, mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -164,11 +194,10 @@ def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir:
         adapter = method(get_architecture(config.backbone), list(config.levels), config.method_options)
         load_into(adapter.backbone_module(), weights)
 
-        train_set = ImageDataset(category.train, config.image_size, weights.mean, weights.std)
-        train_loader = DataLoader(train_set, batch_size=batch_size, shuffle=False)
+        train = TrainData(train_samples, config.image_size, weights.mean, weights.std, batch_size, config.seed)
         with RichPhases(console) as phases:
-            adapter.fit((images for images, _ in train_loader), len(train_loader), phases)
-            metrics = _score(adapter, config, category, weights, phases, batch_size)
+            adapter.fit(train, phases)
+            metrics = _score(adapter, config, category, weights, phases, batch_size, maps_path)
         for metric in metrics:
             shown = metric.value if metric.value is not None else f"NULL ({metric.null_reason})"
             logger.info("%s = %s (resolution %s)", metric.name, shown, metric.resolution)
@@ -187,5 +216,5 @@ def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir:
     wall_time = time.perf_counter() - start
     run_id = _store(session_factory, config, config_hash, weights, status=DONE, started_at=started_at,
                     ended_at=_now(), wall_time_s=wall_time, peak_memory_mb=peak_memory_mb(),
-                    log_path=str(log_path), metrics=metrics)
+                    log_path=str(log_path), maps_path=str(maps_path) if maps_path else None, metrics=metrics)
     return RunOutcome(config, DONE, run_id, tuple(metrics))

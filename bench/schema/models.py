@@ -5,7 +5,8 @@ Every table and column is described in `docs/schema.md`; keep the two in step.
 
 from datetime import datetime
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.sql.expression import false
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -50,6 +51,10 @@ class Run(Base):
     layers: Mapped[str] = mapped_column(String(32))
     image_size: Mapped[int] = mapped_column(Integer)
     seed: Mapped[int] = mapped_column(Integer)
+    # Number of training images used (few-shot); NULL means all of train/good.
+    train_shots: Mapped[int | None] = mapped_column(Integer)
+    # Whether the method changed the backbone's weights while fitting (CutPaste does).
+    backbone_fine_tuned: Mapped[bool] = mapped_column(Boolean, server_default=false())
 
     status: Mapped[str] = mapped_column(String(16), index=True)
     started_at: Mapped[datetime | None] = mapped_column(DateTime)
@@ -60,7 +65,13 @@ class Run(Base):
     versions: Mapped[dict] = mapped_column(JSON, default=dict)
     git_revision: Mapped[str | None] = mapped_column(String(64))
     log_path: Mapped[str | None] = mapped_column(Text)
+    # float16 anomaly maps at the evaluation resolution, with the test image paths (.npz).
+    maps_path: Mapped[str | None] = mapped_column(Text)
     error: Mapped[str | None] = mapped_column(Text)
+    # The worker that holds a running row and when it last reported, so dead workers can be detected.
+    pid: Mapped[int | None] = mapped_column(Integer)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
 
     metrics: Mapped[list["Metric"]] = relationship(
         back_populates="run", cascade="all, delete-orphan", passive_deletes=True
