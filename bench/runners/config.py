@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+RESIZE_POLICY = "stretch"
+
 # Pixel metrics at the native resolution of the test images instead of a fixed size.
 ORIGINAL = 0
 
@@ -48,6 +50,8 @@ class RunConfig:
         values = asdict(self)
         values["levels"] = list(self.levels)
         values["weights_identity"] = weights_identity
+        # Images of any aspect ratio are stretched to image_size x image_size (see ImageDataset).
+        values["resize_policy"] = RESIZE_POLICY
         return values
 
     def hash(self, weights_identity: str) -> str:
