@@ -516,10 +516,10 @@ def test_check_empty_root(tmp_path):
 
 
 def test_check_unsupported_dataset(tmp_path):
-    result = CliRunner().invoke(app, ["check", "--dataset", "visa", "--root", str(tmp_path)])
+    result = CliRunner().invoke(app, ["check", "--dataset", "kolektor", "--root", str(tmp_path)])
 
     assert isinstance(result.exception, DatasetError)
-    assert str(result.exception) == "unsupported dataset 'visa' (supported: mvtec)"
+    assert str(result.exception) == "unsupported dataset 'kolektor' (supported: mvtec, visa, folder)"
 
 
 def test_check_bottle(mvtec_root):

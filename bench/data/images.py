@@ -70,18 +70,30 @@ def load_image(path: Path) -> Image.Image:
         ) from exc
 
 
-def load_mask(path: Path) -> np.ndarray:
-    """Load a ground-truth mask as a bool (H, W) array that is True where the pixel value is > 0.
+def load_mask(path: Path, threshold: float = 0.0) -> np.ndarray:
+    """Load a ground-truth mask as a bool (H, W) array that is True where the mask is anomalous.
 
-    MVTec AD masks are 8-bit grayscale with values {0, 255}, and any non-zero value counts as
-    anomalous. A colour mask is anomalous where any colour channel is non-zero, and alpha is
-    ignored.
+    A pixel is anomalous where its value from `read_mask_values` is greater than `threshold`
+    times the full scale of the file's mode. The default 0.0 counts every non-zero pixel, which
+    is the MVTec AD rule: its masks are 8-bit grayscale with values {0, 255}. A threshold of 0.5
+    reads soft masks (values between 0 and the full scale) as anomalous above half intensity.
+    """
+    values, full_scale = read_mask_values(path)
+    return values > threshold * full_scale
+
+
+def read_mask_values(path: Path) -> tuple[np.ndarray, float]:
+    """Read a mask's pixel intensities as an (H, W) array, with the full scale of its mode.
+
+    The full scale is 1 for 1-bit and float masks, 65535 for 16-bit and 32-bit integer masks
+    and 255 otherwise. A colour mask's intensity is the maximum of its colour channels, so a
+    pixel counts where any channel does. Alpha is ignored, and palette masks (P, PA) are read
+    by colour, because palette indices carry no intensity.
     """
     try:
         with Image.open(path) as image:
             image.load()
             mode = image.mode
-            # Palette indices carry no intensity, so masks in P or PA are read by colour.
             if mode in ("P", "PA"):
                 mode = "RGBA" if mode == "PA" else "RGB"
                 image = image.convert(mode)
@@ -95,9 +107,43 @@ def load_mask(path: Path) -> np.ndarray:
         # Only the colour channels count: RGBA and LA carry alpha last.
         if mode in ("RGBA", "RGBa", "LA", "La"):
             pixels = pixels[..., :-1]
+        pixels = pixels.max(axis=2)
+
+    return pixels, mask_full_scale(mode)
+
+
+def load_label_mask(path: Path) -> np.ndarray:
+    """Load a mask that stores label values (0 background, k > 0 defect k) as bool (H, W), True where k > 0.
+
+    Palette masks are read by index, not by colour, because the index is the label. Colour
+    masks count where any colour channel is non-zero, and alpha is ignored.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            mode = image.mode
+            pixels = np.asarray(image)
+    except _READ_ERRORS as exc:
+        raise DatasetError(
+            f"cannot read mask file {path}: {_describe(exc)} (replace the file or remove it from the dataset)"
+        ) from exc
+
+    if pixels.ndim == 3:
+        # RGBA, LA and PA carry alpha last; PA's first channel is the palette index.
+        if mode in ("RGBA", "RGBa", "LA", "La", "PA"):
+            pixels = pixels[..., :-1]
         return (pixels > 0).any(axis=2)
 
     return pixels > 0
+
+
+def mask_full_scale(mode: str) -> float:
+    """Return the value of full intensity for a PIL mode: 1, 255 or 65535."""
+    if mode in ("1", "F"):
+        return 1.0
+    if mode in _SIXTEEN_BIT_MODES or mode == "I":
+        return 65535.0
+    return 255.0
 
 
 def _to_rgb(image: Image.Image, path: Path) -> Image.Image:

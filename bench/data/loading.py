@@ -10,6 +10,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from bench.data.base import Sample
 from bench.data.images import load_image, load_mask
+from bench.data.masks import describe_missing_masks
 
 
 class ImageDataset(Dataset):
@@ -84,15 +85,18 @@ class TrainData:
 def load_masks(samples: Sequence[Sample], height: int, width: int) -> np.ndarray | None:
     """Load ground-truth masks at (height, width) with nearest-neighbour resizing.
 
+    Each mask is thresholded at its sample's `mask_threshold` at full resolution, then resized.
     Returns bool (N, height, width), all False for normal images, or None when an anomalous
     sample has no mask: counting its pixels as normal would bias every pixel metric.
+    `describe_missing_masks(samples)` then gives the reason to store.
     """
-    if any(sample.label == 1 and sample.mask_path is None for sample in samples):
+    if describe_missing_masks(samples) is not None:
         return None
+
     masks = np.zeros((len(samples), height, width), dtype=bool)
     for row, sample in enumerate(samples):
         if sample.mask_path is None:
             continue
-        mask = Image.fromarray(load_mask(sample.mask_path).astype(np.uint8) * 255)
+        mask = Image.fromarray(load_mask(sample.mask_path, sample.mask_threshold).astype(np.uint8) * 255)
         masks[row] = np.asarray(mask.resize((width, height), Image.NEAREST)) > 0
     return masks

@@ -12,6 +12,8 @@ copy fails at once with a message that names the file. Nothing is ever downloade
 import difflib
 import logging
 from collections import Counter
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from bench.data.base import Category, Sample
@@ -41,14 +43,15 @@ def list_categories(root: Path) -> list[str]:
     return sorted(names)
 
 
-def load_mvtec(root: Path, category: str, dataset: str = "mvtec") -> Category:
+def load_mvtec(root: Path, category: str, dataset: str = "mvtec", mask_threshold: float = 0.0) -> Category:
     """Scan and validate one category and return its training and test samples.
 
     Training samples come from train/good. Test samples come from test/good (label 0, no mask)
     and from every other test/<defect> folder (label 1, mask at
     ground_truth/<defect>/<stem>_mask.png). Images are sorted by file name, hidden files and
     folders are skipped, and sample paths are absolute. `dataset` is recorded in the returned
-    Category as the dataset name.
+    Category as the dataset name, and `mask_threshold` in it and in every test sample (see
+    Sample: 0.0 counts every non-zero mask pixel).
 
     Raises DatasetError for a missing root, category, split folder or mask, a split without
     images, a mask whose size differs from its image, and any image or mask that PIL cannot
@@ -59,9 +62,11 @@ def load_mvtec(root: Path, category: str, dataset: str = "mvtec") -> Category:
     category_dir = _find_category(root, category)
 
     train = _load_train(category_dir)
-    test = _load_test(category_dir)
+    test = _load_test(category_dir, _load_defect)
+    test = [replace(sample, mask_threshold=mask_threshold) for sample in test]
 
-    return Category(dataset=dataset, root=root, name=category, train=tuple(train), test=tuple(test))
+    return Category(dataset=dataset, root=root, name=category, train=tuple(train), test=tuple(test),
+                    mask_threshold=mask_threshold)
 
 
 def summarise(category: Category) -> list[tuple[str, str, int, int]]:
@@ -151,8 +156,11 @@ def _load_train(category_dir: Path) -> list[Sample]:
     return [Sample(path=image, label=0, defect=GOOD) for image in images]
 
 
-def _load_test(category_dir: Path) -> list[Sample]:
-    """Validate test/ and ground_truth/ and return normal test samples first, then defects by name."""
+def _load_test(category_dir: Path, load_defect: Callable[[Path, Path], list[Sample]]) -> list[Sample]:
+    """Validate test/ and return normal test samples first, then defects by name.
+
+    `load_defect(category_dir, defect_dir)` validates one defect folder with its masks.
+    """
     test_dir = category_dir / "test"
     if not test_dir.is_dir():
         raise DatasetError(
@@ -171,7 +179,7 @@ def _load_test(category_dir: Path) -> list[Sample]:
         key=lambda child: child.name,
     )
     for defect_dir in defect_dirs:
-        samples.extend(_load_defect(category_dir, defect_dir))
+        samples.extend(load_defect(category_dir, defect_dir))
 
     if not samples:
         raise DatasetError(
