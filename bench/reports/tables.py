@@ -1,17 +1,22 @@
 """Result tables: per-category metrics by method and weights source, queried from the database.
 
-Rows are categories plus their mean, columns are methods, and each cell holds one value per
-weights source (e.g. imagenet/fractals/random), in percent. The best source per cell is marked.
+Rows are categories plus their mean, columns are methods, and each cell contains one value per
+weights source in a fixed order: imagenet, fractals, random, then other names alphabetically.
+The database stores metrics as fractions in [0, 1]; tables show them in percent. The best
+source of each cell is marked.
 """
 
+import logging
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import pandas as pd
 from sqlalchemy import Engine, select
 
 from bench.errors import ConfigError
 from bench.schema.models import Metric, Run
+
+logger = logging.getLogger(__name__)
 
 # Table names accepted by `bench report --table`, mapped to metric names in the `metrics` table.
 TABLES = {
@@ -22,16 +27,65 @@ TABLES = {
     "image_f1_max": "image_f1_max",
     "pixel_f1_max": "pixel_f1_max",
 }
+METRIC_LABELS = {
+    "image_auroc": "image AUROC",
+    "pixel_auroc": "pixel AUROC",
+    "aupro": "AUPRO, FPR ≤ 0.3",
+    "image_f1_max": "image F1-max",
+    "pixel_f1_max": "pixel F1-max",
+}
+# The three metrics of the fractal study's tables, in its order.
+STUDY_METRICS = ("image_auroc", "pixel_auroc", "aupro")
 SOURCE_ORDER = ("imagenet", "fractals", "random")
 METHOD_ORDER = ("fastflow", "cflow", "patchcore", "padim", "reverse_distillation", "stfpm", "cutpaste", "panda")
-# Run axes that must agree inside one cell, with the `bench report` filter that selects one value.
-AXES = {"layers": "--layers", "image_size": "--image-size", "method_options": "(method options)", "root": "--root"}
+# Run axes that must agree inside one cell, with the `bench report` option that selects one value.
+AXES = {
+    "layers": "--layers",
+    "image_size": "--image-size",
+    "eval_size": "--eval-size",
+    "train_shots": "--train-shots",
+    "method_options": "--method (one configuration per method)",
+    "root": "--root",
+}
 MEAN_ROW = "mean"
+# Marks a mean over fewer categories than the table lists.
+PARTIAL_MEAN_MARK = "‡"
+FINE_TUNED_MARK = "†"
+FINE_TUNED_NOTE = (f"{FINE_TUNED_MARK} fine-tunes the backbone while fitting (runs.backbone_fine_tuned = 1); "
+                   "the other methods keep the pre-trained weights frozen")
+# `--train-shots 0` selects runs on the full training set (train_shots NULL).
+ALL_SHOTS = 0
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    """One value per run axis to keep; None (or an empty tuple) keeps every value."""
+
+    dataset: str | None = None
+    backbone: str | None = None
+    layers: str | None = None
+    image_size: int | None = None
+    eval_size: int | None = None
+    seed: int | None = None
+    train_shots: int | None = None
+    root: str | None = None
+    methods: tuple[str, ...] = ()
+    weights: tuple[str, ...] = ()
+    categories: tuple[str, ...] = ()
+
+    def replace(self, **changes) -> "RunFilter":
+        """Return a copy with some fields changed."""
+        values = {item.name: getattr(self, item.name) for item in fields(self)}
+        values.update(changes)
+        return RunFilter(**values)
 
 
 @dataclass
 class Cell:
-    """The values of one (category, method) cell: per source, the mean and std over seeds."""
+    """The values of one (category, method) cell: per source, the mean, the std over seeds and the count.
+
+    In the mean row the count is the number of categories averaged.
+    """
 
     values: dict[str, tuple[float | None, float | None, int]] = field(default_factory=dict)
     best: set[str] = field(default_factory=set)
@@ -39,7 +93,11 @@ class Cell:
 
 @dataclass
 class ResultTable:
-    """A rendered-independent table: `cells[(row, method)]` for every row and method."""
+    """A table independent of its rendering: `cells[(row, method)]` for every row and method.
+
+    `fine_tuned` names the methods whose runs changed the backbone (CutPaste), and `settings`
+    describes the runs behind the table (backbone, input size, layers, seeds).
+    """
 
     dataset: str
     metric: str
@@ -47,30 +105,99 @@ class ResultTable:
     methods: list[str]
     sources: list[str]
     cells: dict[tuple[str, str], Cell]
+    fine_tuned: set[str] = field(default_factory=set)
+    settings: list[str] = field(default_factory=list)
+
+    @property
+    def categories(self) -> list[str]:
+        """The category rows, without the mean row."""
+        return [row for row in self.rows if row != MEAN_ROW]
 
 
-def load_results(engine: Engine, metric: str, filters: dict[str, object] | None = None) -> pd.DataFrame:
+def load_results(engine: Engine, metric: str, filters: RunFilter | dict | None = None) -> pd.DataFrame:
     """Return one row per finished run with its value of `metric` (NaN when undefined).
 
-    `filters` maps run columns (dataset, backbone, layers, image_size, seed, method, weights_name,
-    category) to the one value to keep.
+    Columns: run_id, dataset, category, method, backbone, weights, layers, image_size, eval_size,
+    seed, train_shots, root, method_options (a canonical string), fine_tuned, maps_path, value
+    (a fraction) and null_reason.
     """
+    if isinstance(filters, dict):
+        filters = RunFilter(**{key: value for key, value in filters.items() if value is not None})
+    filters = filters or RunFilter()
+
     query = (
-        select(Run.dataset, Run.category, Run.method, Run.backbone, Run.weights_name.label("weights"),
-               Run.layers, Run.image_size, Run.seed, Run.root, Run.method_options, Metric.value, Metric.null_reason)
+        select(Run.id.label("run_id"), Run.dataset, Run.category, Run.method, Run.backbone,
+               Run.weights_name.label("weights"), Run.layers, Run.image_size, Run.seed, Run.train_shots, Run.root,
+               Run.method_options, Run.config, Run.backbone_fine_tuned.label("fine_tuned"), Run.maps_path,
+               Metric.value, Metric.null_reason)
         .join(Metric, (Metric.run_id == Run.id) & (Metric.name == metric))
         .where(Run.status == "done")
     )
-    for column, value in (filters or {}).items():
-        if value is not None:
-            query = query.where(getattr(Run, column) == value)
+    query = _apply_filters(query, filters)
     with engine.connect() as connection:
         frame = pd.DataFrame(connection.execute(query).mappings().all())
     if frame.empty:
         return frame
+
     frame["method_options"] = frame["method_options"].map(lambda options: repr(sorted((options or {}).items())))
+    # Older runs have no eval_size in their configuration.
+    frame["eval_size"] = frame.pop("config").map(lambda config: (config or {}).get("eval_size"))
     frame["value"] = frame["value"].astype(float)
+    frame["fine_tuned"] = frame["fine_tuned"].astype(bool)
+    if filters.eval_size is not None:
+        frame = frame[frame["eval_size"] == filters.eval_size].reset_index(drop=True)
     return frame
+
+
+def _apply_filters(query, filters: RunFilter):
+    for column in ("dataset", "backbone", "layers", "image_size", "seed", "root"):
+        value = getattr(filters, column)
+        if value is not None:
+            query = query.where(getattr(Run, column) == value)
+    if filters.train_shots == ALL_SHOTS:
+        query = query.where(Run.train_shots.is_(None))
+    elif filters.train_shots is not None:
+        query = query.where(Run.train_shots == filters.train_shots)
+    if filters.methods:
+        query = query.where(Run.method.in_(filters.methods))
+    if filters.weights:
+        query = query.where(Run.weights_name.in_(filters.weights))
+    if filters.categories:
+        query = query.where(Run.category.in_(filters.categories))
+    return query
+
+
+def default_levels(method: str) -> str | None:
+    """Return the default hierarchy levels of a registered method as stored in runs.layers, e.g. "2,3"."""
+    from bench.methods import get_method
+
+    try:
+        return ",".join(str(level) for level in get_method(method).default_levels)
+    except ConfigError:
+        return None
+
+
+def keep_default_layers(frame: pd.DataFrame) -> pd.DataFrame:
+    """Keep, for every method run with several layer sets (a layer ablation), its default layers.
+
+    Without this a table mixing the ablation runs with the main runs could not be built without
+    `--layers`, and one `--layers` value cannot select PaDiM's 1,2,3 and PatchCore's 2,3 at once.
+    A method without a registered default keeps all its runs, so `build_table` reports the mix.
+    """
+    if frame.empty:
+        return frame
+    keep = pd.Series(True, index=frame.index)
+    for method, group in frame.groupby("method"):
+        if group["layers"].nunique() < 2:
+            continue
+        default = default_levels(method)
+        if default is None or default not in set(group["layers"]):
+            continue
+        dropped = group["layers"] != default
+        keep[group.index[dropped]] = False
+        logger.info("%s: table uses the default layers %s and leaves out %d runs with other layers",
+                    method, default, int(dropped.sum()))
+    return frame[keep].reset_index(drop=True)
 
 
 def _ordered(values, preferred) -> list[str]:
@@ -78,29 +205,43 @@ def _ordered(values, preferred) -> list[str]:
     return [value for value in preferred if value in present] + sorted(present - set(preferred))
 
 
-def _check_axes(group: pd.DataFrame, label: str) -> None:
+def check_axes(group: pd.DataFrame, label: str, skip: tuple[str, ...] = ()) -> None:
+    """Raise ConfigError when the runs of one cell differ in a run axis other than those in `skip`."""
     for axis, flag in AXES.items():
-        distinct = sorted(group[axis].astype(str).unique())
+        if axis in skip:
+            continue
+        # NULL (few-shot off, eval size unknown) counts as a value of its own.
+        distinct = sorted(set(group[axis].map(lambda value: "NULL" if pd.isna(value) else str(value))))
         if len(distinct) > 1:
             raise ConfigError(
                 f"{len(group)} runs for {label} differ in {axis} ({', '.join(distinct)}); select one with {flag}"
             )
 
 
+def source_names(frame: pd.DataFrame) -> pd.Series:
+    """Name each run's weights source; with several backbones in the selection, "weights:backbone"."""
+    if frame["backbone"].nunique() > 1:
+        return frame["weights"] + ":" + frame["backbone"]
+    return frame["weights"].copy()
+
+
 def build_table(frame: pd.DataFrame, dataset: str, metric: str) -> ResultTable:
-    """Arrange the runs of one dataset into a table; seeds of one configuration are averaged."""
+    """Arrange the runs of one dataset into a table; seeds of one configuration are averaged.
+
+    The best source of a cell is the one with the highest value at the displayed precision
+    (0.1 percentage points), so sources that print the same value are marked together. In the
+    mean row, sources are compared only when their means cover the same number of categories.
+    """
     frame = frame[frame["dataset"] == dataset].copy()
-    # With several backbones in the selection, a source is named with its backbone.
-    several_backbones = frame["backbone"].nunique() > 1
-    frame["source"] = frame["weights"] + (":" + frame["backbone"] if several_backbones else "")
+    frame["source"] = source_names(frame)
 
     rows = sorted(frame["category"].unique())
     methods = _ordered(frame["method"].unique(), METHOD_ORDER)
-    sources = sorted(frame["source"].unique(), key=_source_rank)
+    sources = sorted(frame["source"].unique(), key=source_rank)
 
     cells: dict[tuple[str, str], Cell] = {}
     for (category, method, source), group in frame.groupby(["category", "method", "source"]):
-        _check_axes(group, f"{dataset}/{category}/{method}/{source}")
+        check_axes(group, f"{dataset}/{category}/{method}/{source}")
         defined = group["value"].dropna()
         mean = float(defined.mean()) if len(defined) else None
         std = float(defined.std(ddof=1)) if len(defined) > 1 else None
@@ -108,33 +249,87 @@ def build_table(frame: pd.DataFrame, dataset: str, metric: str) -> ResultTable:
 
     for method in methods:
         for source in sources:
-            per_category = [cells[(row, method)].values[source][0] for row in rows
-                            if source in cells.get((row, method), Cell()).values
-                            and cells[(row, method)].values[source][0] is not None]
-            if per_category:
-                mean = sum(per_category) / len(per_category)
-                cells.setdefault((MEAN_ROW, method), Cell()).values[source] = (mean, None, len(per_category))
+            per_row = [cells[(row, method)].values[source][0] for row in rows
+                       if source in cells.get((row, method), Cell()).values
+                       and cells[(row, method)].values[source][0] is not None]
+            if per_row:
+                mean = sum(per_row) / len(per_row)
+                cells.setdefault((MEAN_ROW, method), Cell()).values[source] = (mean, None, len(per_row))
 
-    for cell in cells.values():
-        defined = {source: value[0] for source, value in cell.values.items() if value[0] is not None}
-        if len(defined) > 1:
-            top = max(defined.values())
-            cell.best = {source for source, value in defined.items() if math.isclose(value, top, abs_tol=1e-12)}
+    for (row, _), cell in cells.items():
+        cell.best = _best_sources(cell, mean_row=row == MEAN_ROW)
 
-    return ResultTable(dataset, metric, rows + ([MEAN_ROW] if rows else []), methods, sources, cells)
+    fine_tuned = set(frame.loc[frame["fine_tuned"], "method"].unique())
+    return ResultTable(dataset, metric, rows + ([MEAN_ROW] if rows else []), methods, sources, cells,
+                       fine_tuned, describe_settings(frame))
 
 
-def _source_rank(source: str) -> tuple[int, str]:
+def _best_sources(cell: Cell, mean_row: bool) -> set[str]:
+    defined = {source: value for source, value in cell.values.items() if value[0] is not None}
+    if mean_row and len({count for _, _, count in defined.values()}) > 1:
+        return set()
+    if len(defined) < 2:
+        return set()
+    printed = {source: round(100 * value[0], 1) for source, value in defined.items()}
+    top = max(printed.values())
+    return {source for source, value in printed.items() if math.isclose(value, top, abs_tol=1e-9)}
+
+
+def describe_settings(frame: pd.DataFrame) -> list[str]:
+    """Describe the runs behind a table: backbones, input sizes, layers per method and seeds."""
+    def joined(column: str) -> str:
+        return ", ".join(str(value) for value in sorted(frame[column].dropna().unique()))
+
+    layers_by_method = []
+    for method, group in frame.groupby("method"):
+        layers_by_method.append(f"{method} {' & '.join(sorted(set(group['layers'])))}")
+
+    seed_text = f"seeds {joined('seed')}"
+    seeds_per_cell = frame.groupby(["category", "method", "source"])["seed"].nunique()
+    if len(seeds_per_cell) and seeds_per_cell.max() > 1:
+        seed_text += " (cells: mean±std over seeds)"
+    return [f"backbone {joined('backbone')}; input {joined('image_size')} px; layers: {'; '.join(layers_by_method)}; "
+            f"{seed_text}"]
+
+
+def source_rank(source: str) -> tuple[int, str]:
+    """Sort key of a source: imagenet, fractals, random, then others by name."""
     weights = source.split(":")[0]
     rank = SOURCE_ORDER.index(weights) if weights in SOURCE_ORDER else len(SOURCE_ORDER)
     return rank, source
 
 
 def format_value(mean: float | None, std: float | None) -> str:
-    """Format a metric in percent with one decimal, "±std" over seeds, or "–" when undefined."""
+    """Format a fraction in percent with one decimal, "±std" over seeds, or "–" when undefined."""
     if mean is None:
         return "–"
     text = f"{100 * mean:.1f}"
     if std is not None:
         text += f"±{100 * std:.1f}"
     return text
+
+
+def format_difference(difference: float | None) -> str:
+    """Format a difference of fractions in percentage points with its sign, e.g. "+1.5" or "−0.3"."""
+    if difference is None or math.isnan(difference):
+        return "–"
+    points = round(100 * difference, 1)
+    if points == 0:
+        return "0.0"
+    return f"{points:+.1f}".replace("-", "−")
+
+
+def build_tables(engine: Engine, metric: str, filters: RunFilter | None = None) -> tuple[list[ResultTable], pd.DataFrame]:
+    """Build one table per dataset of `metric`, and return them with the runs behind them.
+
+    Without a `--layers` filter, methods with a layer ablation show their default layers
+    (see keep_default_layers).
+    """
+    filters = filters or RunFilter()
+    frame = load_results(engine, metric, filters)
+    if frame.empty:
+        return [], frame
+    if filters.layers is None:
+        frame = keep_default_layers(frame)
+    tables = [build_table(frame, dataset, metric) for dataset in sorted(frame["dataset"].unique())]
+    return tables, frame
