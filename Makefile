@@ -18,18 +18,23 @@ $(VENV)/.installed: pyproject.toml
 # The main job on the embedded demo data: a small grid that ends with printed reports.
 demo: install
 	$(OFFLINE) $(BIN)/bench data demo --out data/demo
-	$(OFFLINE) $(BIN)/bench run --method padim --method patchcore --weights imagenet --weights random \
+	$(OFFLINE) $(BIN)/bench pretrain --preset demo --arch efficientnet_lite0 --name fractals --single-thread
+	$(OFFLINE) $(BIN)/bench run --method padim --method patchcore --weights fractals --weights imagenet --weights random \
 		--backbone efficientnet_lite0 --dataset mvtec --root data/demo --category all --image-size 128
 	$(OFFLINE) $(BIN)/bench report --table auroc
 	$(OFFLINE) $(BIN)/bench report --table pixel_auroc
 	$(OFFLINE) $(BIN)/bench report --table aupro
 
+# Both test targets start a throwaway PostgreSQL server on 127.0.0.1 (installing the Debian
+# package when needed) for the tests marked as needing one, and stop it afterwards, also on failure.
+WITH_POSTGRES := scripts/with-postgres.sh
+
 test: install
-	$(OFFLINE) $(BIN)/python -m pytest
+	$(WITH_POSTGRES) env $(OFFLINE) $(BIN)/python -m pytest
 
 # Heavy runs (full categories, paper-scale settings), for a nightly machine.
 nightly: install
-	$(OFFLINE) $(BIN)/python -m pytest -m slow
+	$(WITH_POSTGRES) env $(OFFLINE) $(BIN)/python -m pytest -m slow
 
 benchmarks: install
 	$(OFFLINE) $(BIN)/python benchmarks/render.py

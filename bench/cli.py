@@ -32,12 +32,22 @@ def _mount_commands() -> None:
     from bench.data.cli import app as data_app
     from bench.fractals.cli import app as fractals_app
     from bench.methods.cli import app as methods_app
+    from bench.pretrain.cli import pretrain_command
+    from bench.reports.cli import figure_app
+    from bench.reports.cli import query as query_command
     from bench.reports.cli import report as report_command
     from bench.runners.cli import run as run_command
+    from bench.runners.cli import sweep as sweep_command
+    from bench.runners.status import status as status_command
     from bench.weights.cli import app as weights_app
 
     app.command("run")(run_command)
+    app.command("pretrain")(pretrain_command)
+    app.command("sweep")(sweep_command)
+    app.command("status")(status_command)
     app.command("report")(report_command)
+    app.command("query")(query_command)
+    app.add_typer(figure_app, name="figure", help="Draw the study's figures (spider, layers, filters, qualitative) as PNG and PDF.")
     app.add_typer(data_app, name="data", help="Check datasets and write the embedded demo dataset.")
     app.add_typer(weights_app, name="weights", help="List and register backbone weights.")
     app.add_typer(methods_app, name="methods", help="List the anomaly-detection methods and their options.")

@@ -5,6 +5,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench.errors import ConfigError
+
 RESIZE_POLICY = "stretch"
 
 # Pixel metrics at the native resolution of the test images instead of a fixed size.
@@ -53,6 +55,22 @@ class RunConfig:
         # Images of any aspect ratio are stretched to image_size x image_size (see ImageDataset).
         values["resize_policy"] = RESIZE_POLICY
         return values
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "RunConfig":
+        """Rebuild a configuration from its stored `runs.config` JSON (the inverse of `to_dict`).
+
+        Raises ConfigError when the stored resize policy differs from this version's, because
+        running it now would not reproduce the planned configuration.
+        """
+        values = dict(values)
+        values.pop("weights_identity", None)
+        policy = values.pop("resize_policy", RESIZE_POLICY)
+        if policy != RESIZE_POLICY:
+            raise ConfigError(f"the run was planned with resize policy '{policy}', but this bench uses "
+                              f"'{RESIZE_POLICY}'; plan the grid again with this version")
+        values["levels"] = tuple(values["levels"])
+        return cls(**values)
 
     def hash(self, weights_identity: str) -> str:
         """Return the SHA-256 of the canonical JSON of the configuration.

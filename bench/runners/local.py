@@ -1,11 +1,15 @@
-"""The local runner: executes one run configuration in this process and stores its row."""
+"""Executes one run configuration in this process and stores its row.
+
+Called directly, `execute` writes the row when the run ends. Called by a worker with a claim
+(see `bench.runners.worker`), it finalises the claimed running row instead, and writes nothing
+when another worker has reclaimed that row meanwhile.
+"""
 
 import logging
 import random
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +29,8 @@ from bench.metrics import MetricValue, compute_metrics
 from bench.runners.config import ORIGINAL, RunConfig
 from bench.runners.environment import git_revision, host_name, package_versions, peak_memory_mb, reset_peak_memory
 from bench.runners.progress import RichPhases
+from bench.runners.runqueue import Claim, finish, utc_now
+from bench.schema.db import run_with_retry
 from bench.schema.models import Metric, Run
 from bench.weights.architectures import get_architecture
 from bench.weights.loading import load_into
@@ -35,11 +41,13 @@ logger = logging.getLogger(__name__)
 DONE = "done"
 FAILED = "failed"
 SKIPPED = "skipped"
+# The claimed row was reclaimed by another worker before this result was stored; nothing was written.
+LOST = "lost"
 
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What happened to one configuration: done, skipped (already done) or failed."""
+    """What happened to one configuration: done, skipped (already done), failed or lost (claim reclaimed)."""
 
     config: RunConfig
     status: str
@@ -53,10 +61,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
 
 
 def _eval_shape(config: RunConfig, category: Category) -> tuple[int, int]:
@@ -123,55 +127,74 @@ def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecor
 
 
 def _store(session_factory: sessionmaker[Session], config: RunConfig, config_hash: str, weights: WeightsRecord,
-           **fields) -> int:
+           claim: Claim | None, **fields) -> int | None:
+    """Store the final row and its metrics in one transaction; return its id, None when the claim was lost."""
     metrics: list[MetricValue] = fields.pop("metrics", [])
-    with session_factory() as session, session.begin():
-        # Replacing a forced or failed run and inserting the new row happen in one transaction.
-        session.execute(delete(Run).where(Run.config_hash == config_hash))
-        run = Run(
-            config_hash=config_hash,
-            config=config.to_dict(weights.identity),
-            method=config.method,
-            method_options=config.method_options,
-            backbone=config.backbone,
-            weights_name=config.weights,
-            weights_id=weights.id,
-            dataset=config.dataset,
-            root=config.root,
-            category=config.category,
-            layers=config.layers,
-            image_size=config.image_size,
-            seed=config.seed,
-            train_shots=config.train_shots,
-            backbone_fine_tuned=get_method(config.method).fine_tunes_backbone,
-            versions=package_versions(),
-            git_revision=git_revision(),
-            host=host_name(),
-            **fields,
-        )
-        run.metrics = [Metric(name=m.name, value=m.value, null_reason=m.null_reason, resolution=m.resolution)
-                       for m in metrics]
-        session.add(run)
-        session.flush()
-        return run.id
+    values = dict(
+        config=config.to_dict(weights.identity),
+        method=config.method,
+        method_options=config.method_options,
+        backbone=config.backbone,
+        weights_name=config.weights,
+        weights_id=weights.id,
+        dataset=config.dataset,
+        root=config.root,
+        category=config.category,
+        layers=config.layers,
+        image_size=config.image_size,
+        seed=config.seed,
+        train_shots=config.train_shots,
+        backbone_fine_tuned=get_method(config.method).fine_tunes_backbone,
+        versions=package_versions(),
+        git_revision=git_revision(),
+        host=host_name(),
+        **fields,
+    )
+
+    def transaction() -> int | None:
+        rows = [Metric(name=m.name, value=m.value, null_reason=m.null_reason, resolution=m.resolution) for m in metrics]
+        with session_factory() as session, session.begin():
+            if claim is not None:
+                values["heartbeat_at"] = values["ended_at"]
+                if not finish(session, claim, values, rows):
+                    session.rollback()
+                    return None
+                return claim.run_id
+
+            # Replacing a forced or failed run and inserting the new row happen in one transaction.
+            session.execute(delete(Run).where(Run.config_hash == config_hash))
+            run = Run(config_hash=config_hash, **values)
+            run.metrics = rows
+            session.add(run)
+            session.flush()
+            return run.id
+
+    return run_with_retry(transaction, f"storing run {config_hash[:16]}")
 
 
 def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir: Path, console: Console,
-            force: bool = False, batch_size: int = 8, save_anomaly_maps: bool = True) -> RunOutcome:
-    """Run one configuration unless it is already done, and store its row with its metrics.
+            force: bool = False, batch_size: int = 8, save_anomaly_maps: bool = True,
+            claim: Claim | None = None) -> RunOutcome:
+    """Run one configuration and store its row with its metrics.
 
-    The dataset and weights are validated before any work; a failure during the run is stored as
-    a failed row with the error text and its traceback in the run's log file.
+    Without a claim, a configuration that is already done is skipped unless `force`. With a
+    claim, the claimed row is finalised, and the outcome is LOST when another worker reclaimed
+    it meanwhile. The dataset and weights are validated before any work; a failure during the run
+    is stored as a failed row with the error text and its traceback in the run's log file.
     """
     category = load_dataset(config.dataset, Path(config.root), config.category)
     with session_factory() as session:
         weights = resolve_weights(session, config.weights, config.backbone)
     config_hash = config.hash(weights.identity)
 
-    with session_factory() as session:
-        existing = session.scalars(select(Run).where(Run.config_hash == config_hash)).first()
-        if existing is not None and existing.status == DONE and not force:
-            return RunOutcome(config, SKIPPED, existing.id)
+    if claim is not None and claim.config_hash != config_hash:
+        raise ConfigError(f"weights '{config.weights}' for {config.backbone} changed since the run was queued "
+                          f"(hash {config_hash[:16]}, queued as {claim.config_hash[:16]}); queue the grid again")
+    if claim is None:
+        with session_factory() as session:
+            existing = session.scalars(select(Run).where(Run.config_hash == config_hash)).first()
+            if existing is not None and existing.status == DONE and not force:
+                return RunOutcome(config, SKIPPED, existing.id)
 
     train_samples = select_train_samples(category, config.train_shots, config.seed)
     log_path = (runs_dir / config_hash[:16] / "run.log").resolve()
@@ -184,7 +207,7 @@ def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir:
     previous_level = root_logger.level
     root_logger.setLevel(logging.INFO)
 
-    started_at = _now()
+    started_at = utc_now()
     start = time.perf_counter()
     reset_peak_memory()
     logger.info("run %s: %s", config_hash[:16], config.describe())
@@ -204,9 +227,11 @@ def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir:
     except Exception as error:
         logger.error("run %s failed:\n%s", config_hash[:16], traceback.format_exc())
         message = f"{type(error).__name__}: {error}"
-        run_id = _store(session_factory, config, config_hash, weights, status=FAILED, started_at=started_at,
-                        ended_at=_now(), wall_time_s=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(),
+        run_id = _store(session_factory, config, config_hash, weights, claim, status=FAILED, started_at=started_at,
+                        ended_at=utc_now(), wall_time_s=time.perf_counter() - start, peak_memory_mb=peak_memory_mb(),
                         log_path=str(log_path), error=message)
+        if run_id is None:
+            return _lost(config, claim)
         return RunOutcome(config, FAILED, run_id, error=message)
     finally:
         root_logger.removeHandler(handler)
@@ -214,7 +239,16 @@ def execute(config: RunConfig, session_factory: sessionmaker[Session], runs_dir:
         handler.close()
 
     wall_time = time.perf_counter() - start
-    run_id = _store(session_factory, config, config_hash, weights, status=DONE, started_at=started_at,
-                    ended_at=_now(), wall_time_s=wall_time, peak_memory_mb=peak_memory_mb(),
-                    log_path=str(log_path), maps_path=str(maps_path) if maps_path else None, metrics=metrics)
+    run_id = _store(session_factory, config, config_hash, weights, claim, status=DONE, started_at=started_at,
+                    ended_at=utc_now(), wall_time_s=wall_time, peak_memory_mb=peak_memory_mb(),
+                    log_path=str(log_path), maps_path=str(maps_path) if maps_path else None, error=None,
+                    metrics=metrics)
+    if run_id is None:
+        return _lost(config, claim)
     return RunOutcome(config, DONE, run_id, tuple(metrics))
+
+
+def _lost(config: RunConfig, claim: Claim) -> RunOutcome:
+    message = f"another worker reclaimed run {claim.run_id} before this result was stored; result discarded"
+    logger.warning("run %d (%s): %s", claim.run_id, claim.config_hash[:16], message)
+    return RunOutcome(config, LOST, claim.run_id, error=message)

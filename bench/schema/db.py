@@ -1,18 +1,38 @@
-"""Opening the results database: URL handling, SQLite settings and schema migrations."""
+"""Opening the results database: URL handling, SQLite settings, schema migrations and lock retries."""
 
 import logging
 import os
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+
+from bench.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_DB = "bench.db"
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+# Key of the PostgreSQL advisory lock that serialises schema upgrades by concurrent processes.
+MIGRATION_LOCK_KEY = 0x62656E6368
+
+# SQLSTATE codes after which PostgreSQL asks the client to run the transaction again:
+# serialization_failure, deadlock_detected and lock_not_available.
+RETRYABLE_SQLSTATES = {"40001", "40P01", "55P03"}
+SQLITE_LOCK_MESSAGES = ("database is locked", "database table is locked", "database is busy")
+
+T = TypeVar("T")
 
 
 def database_url(db: str | Path | None = None) -> str:
@@ -23,12 +43,28 @@ def database_url(db: str | Path | None = None) -> str:
     return f"sqlite:///{Path(value).expanduser().resolve()}"
 
 
+def engine_url(url: str) -> str:
+    """Return `url` with the installed PostgreSQL driver (psycopg 3) where the URL names none.
+
+    SQLAlchemy maps a bare `postgresql://` to psycopg2, which bench does not install.
+    """
+    parsed = make_url(url)
+    if parsed.drivername not in ("postgresql", "postgres"):
+        return url
+    try:
+        import psycopg2  # noqa: F401
+    except ImportError:
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
 def _configure_sqlite(dbapi_connection, _record) -> None:
-    # WAL lets readers work while a run writes; the busy timeout makes concurrent writers wait
-    # (milliseconds) instead of failing with "database is locked".
+    # The busy timeout (milliseconds) comes first, so that even switching to WAL waits for a
+    # concurrent writer instead of failing with "database is locked". WAL lets readers work
+    # while a run writes.
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -37,27 +73,93 @@ def alembic_config(url: str) -> Config:
     """Build an Alembic configuration for the migrations shipped in the package."""
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS))
-    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.set_main_option("sqlalchemy.url", engine_url(url).replace("%", "%%"))
     return config
 
 
+def _schema_is_current(connection: Connection, head: str | None) -> bool:
+    return MigrationContext.configure(connection).get_current_revision() == head
+
+
+def _upgrade(engine: Engine, url: str) -> None:
+    """Upgrade the schema to the newest migration, one process at a time."""
+    config = alembic_config(url)
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as connection:
+        if _schema_is_current(connection, head):
+            return
+
+    with engine.connect() as connection:
+        # Take the write lock before reading the revision, so that processes opening a new
+        # database together run the migrations once; the others wait, then find the schema current.
+        if engine.dialect.name == "sqlite":
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+        elif engine.dialect.name == "postgresql":
+            connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        if not _schema_is_current(connection, head):
+            logger.info("upgrading the schema of %s to revision %s", engine.url, head)
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+        connection.commit()
+
+
 def open_engine(db: str | Path | None = None, migrate: bool = True) -> Engine:
-    """Create an engine for the database and upgrade its schema to the newest migration."""
+    """Create an engine for the database and upgrade its schema to the newest migration.
+
+    Raises ConfigError when the URL is invalid or, with `migrate`, when the database cannot be opened.
+    """
     url = database_url(db)
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    display_url = url
+    try:
+        display_url = make_url(engine_url(url)).render_as_string(hide_password=True)
+        engine = create_engine(engine_url(url))
+    except (ArgumentError, NoSuchModuleError, ImportError) as error:
+        raise ConfigError(f"invalid database URL {display_url}: {error}; pass a SQLite path or a URL such as "
+                          "postgresql://user@host/bench") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _configure_sqlite)
 
     if migrate:
-        config = alembic_config(url)
-        with engine.begin() as connection:
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
+        try:
+            run_with_retry(lambda: _upgrade(engine, url), "schema upgrade")
+        except OperationalError as error:
+            raise ConfigError(f"cannot open the database {display_url}: {str(error.orig).strip().splitlines()[0]}; "
+                              "check --db or BENCH_DB and that the server is running") from None
     return engine
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Return a session factory whose objects stay readable after commit."""
     return sessionmaker(engine, expire_on_commit=False)
+
+
+def is_retryable(error: DBAPIError) -> bool:
+    """Return whether `error` is a lock timeout, deadlock or serialization failure worth retrying."""
+    original = error.orig
+    sqlstate = getattr(original, "sqlstate", None) or getattr(original, "pgcode", None)
+    if sqlstate in RETRYABLE_SQLSTATES:
+        return True
+    message = str(original).lower()
+    return any(lock_message in message for lock_message in SQLITE_LOCK_MESSAGES)
+
+
+def run_with_retry(operation: Callable[[], T], description: str, tries: int = 8) -> T:
+    """Call `operation` (one whole transaction) again after lock errors, with exponential backoff.
+
+    SQLite's busy timeout already waits 30 s for a lock; a retry covers what it cannot, such as a
+    busy checkpoint. On PostgreSQL a retry covers deadlocks and serialization failures. The last
+    error is raised after `tries` attempts.
+    """
+    for attempt in range(1, tries + 1):
+        try:
+            return operation()
+        except DBAPIError as error:
+            if attempt == tries or not is_retryable(error):
+                raise
+            # Seconds; jitter keeps workers that collided from colliding again.
+            delay = min(2.0, 0.05 * 2**attempt) * (0.5 + random.random())
+            logger.warning("%s: %s; retry %d of %d in %.2f s", description, error.orig, attempt, tries - 1, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
