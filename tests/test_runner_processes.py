@@ -297,30 +297,46 @@ def test_submitit_local_grid(demo_root, tmp_path):
     assert f"released run {preempted_id} (" in task_log
 
 
+# The check runs in a fresh interpreter: a pytest process that already ran torch code has
+# OpenMP threads of its own, and the test must control exactly which threads exist.
+FORK_SERVER_SCRIPT = """
+import io, sys, threading
+from pathlib import Path
+from rich.console import Console
+from bench.runners.worker import Worker, WorkerSettings, run_process_context
+from bench.runners.grid import GridSpec, expand, plan
+from bench.runners.runqueue import enqueue
+from bench.schema.db import open_engine, session_factory
+
+demo_root, tmp_path = Path(sys.argv[1]), Path(sys.argv[2])
+url = f"sqlite:///{tmp_path / 'grid.db'}"
+sessions = session_factory(open_engine(url))
+spec = GridSpec(method=["padim"], weights=["random"], root=demo_root, category=["washer"], backbone=["resnet18"],
+                layers=["2"], image_size=32, save_maps=False)
+with sessions() as session:
+    ids = [run.run_id for run in enqueue(sessions, plan(session, expand(spec)))]
+
+# A thread started after the imports stands in for an OpenMP pool, which a fork would leave hung.
+stop = threading.Event()
+thread = threading.Thread(target=stop.wait)
+thread.start()
+try:
+    start_method = run_process_context().get_start_method()
+    settings = WorkerSettings(db_url=url, runs_dir=tmp_path / "runs", save_maps=False)
+    report = Worker(settings, ids, Console(file=io.StringIO()), handle_signals=False).run()
+finally:
+    stop.set()
+    thread.join()
+print(start_method, report.done)
+"""
+
+
 def test_threaded_worker_uses_fork_server(demo_root, tmp_path):
-    from rich.console import Console
+    result = subprocess.run([sys.executable, "-c", FORK_SERVER_SCRIPT, str(demo_root), str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
 
-    from bench.runners.worker import Worker, WorkerSettings, run_process_context
-
-    url = f"sqlite:///{tmp_path / 'grid.db'}"
-    sessions = session_factory(open_engine(url))
-    spec = GridSpec(method=["padim"], weights=["random"], root=demo_root, category=["washer"], backbone=["resnet18"],
-                    layers=["2"], image_size=32, save_maps=False)
-    with sessions() as session:
-        ids = [run.run_id for run in enqueue(sessions, plan(session, expand(spec)))]
-
-    # A thread started after the imports stands in for an OpenMP pool, which a fork would leave hung.
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait)
-    thread.start()
-    try:
-        start_method = run_process_context().get_start_method()
-        settings = WorkerSettings(db_url=url, runs_dir=tmp_path / "runs", save_maps=False)
-        report = Worker(settings, ids, Console(file=io.StringIO()), handle_signals=False).run()
-    finally:
-        stop.set()
-        thread.join()
-
+    assert result.returncode == 0, result.stderr
+    start_method, done = result.stdout.split()[-2:]
     assert start_method == "forkserver"
-    assert report.done == 1
-    assert query(url, "SELECT status FROM runs") == [("done",)]
+    assert done == "1"
+    assert query(f"sqlite:///{tmp_path / 'grid.db'}", "SELECT status FROM runs") == [("done",)]
