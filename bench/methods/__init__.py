@@ -2,10 +2,19 @@
 
 from bench.errors import ConfigError
 from bench.methods.base import MethodAdapter
+from bench.methods.cflow import Cflow
+from bench.methods.cutpaste import Cutpaste
+from bench.methods.fastflow import Fastflow
 from bench.methods.padim import Padim
+from bench.methods.panda import Panda
 from bench.methods.patchcore import Patchcore
+from bench.methods.reverse_distillation import ReverseDistillation
+from bench.methods.stfpm import Stfpm
 
-METHODS: dict[str, type[MethodAdapter]] = {adapter.name: adapter for adapter in (Padim, Patchcore)}
+METHODS: dict[str, type[MethodAdapter]] = {
+    adapter.name: adapter
+    for adapter in (Padim, Patchcore, Fastflow, Cflow, ReverseDistillation, Stfpm, Cutpaste, Panda)
+}
 
 
 def get_method(name: str) -> type[MethodAdapter]:

@@ -58,6 +58,7 @@ class MethodAdapter(ABC):
     options: ClassVar[dict[str, Option]] = {}
 
     def __init__(self, architecture: Architecture, levels: list[int], options: dict[str, Any]) -> None:
+        self.check_configuration(architecture, levels)
         self.architecture = architecture
         self.levels = levels
         self.layer_names = architecture.layer_names(levels)
@@ -78,6 +79,30 @@ class MethodAdapter(ABC):
 
     # Whether `fit` changes the backbone's weights (CutPaste fine-tunes it); stored with the run.
     fine_tunes_backbone: ClassVar[bool] = False
+
+    # Bench backbone names the method accepts; None accepts every registered architecture.
+    supported_backbones: ClassVar[tuple[str, ...] | None] = None
+
+    # Hierarchy levels the method's architecture is built for; None accepts any levels.
+    fixed_levels: ClassVar[tuple[int, ...] | None] = None
+
+    # Whether `predict` returns real anomaly maps. A method without localisation (PANDA) returns
+    # maps filled with its image score, whose pixel metrics mean nothing.
+    produces_maps: ClassVar[bool] = True
+
+    @classmethod
+    def check_configuration(cls, architecture: Architecture, levels: list[int]) -> None:
+        """Raise ConfigError when the method cannot run on `architecture` or on hierarchy `levels`.
+
+        Cheap (builds nothing), so a caller can check a whole grid before the first run starts.
+        """
+        if cls.supported_backbones is not None and architecture.name not in cls.supported_backbones:
+            raise ConfigError(f"method {cls.name} does not support backbone {architecture.name}; "
+                              f"supported backbones: {', '.join(cls.supported_backbones)}")
+        if cls.fixed_levels is not None and tuple(sorted(levels)) != cls.fixed_levels:
+            shown = ",".join(map(str, cls.fixed_levels))
+            raise ConfigError(f"method {cls.name} is built for layers {shown}, got {','.join(map(str, sorted(levels)))}; "
+                              f"pass --layers {shown} or leave --layers out")
 
     @abstractmethod
     def fit(self, train: TrainData, phases: Phases) -> None:
