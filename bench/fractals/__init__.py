@@ -7,24 +7,20 @@ Typical use:
     image, target = dataset[0]          # float32 (3, 256, 256) in [0, 1], int class
 """
 
-from bench.fractals.export import ExportResult, export_images
-from bench.fractals.recipes import RECIPES, FractalDataset, FractalImages, RecipeSpec, make_recipe
-from bench.fractals.render import (
-    RenderConfig,
-    image_seed,
-    render_batch,
-    render_composite_image,
-    render_coverage,
-    render_density,
-    render_image,
-)
-from bench.fractals.systems import (
-    SystemSet,
-    load_systems,
-    sample_fractaldb_systems,
-    sample_sigma_systems,
-    save_systems,
-)
+import importlib
+
+# Public name -> submodule. Submodules load on first use, because recipes and render import
+# torch and numba, which would slow every `bench` command that only needs one of them.
+_EXPORTS = {
+    "ExportResult": "export", "export_images": "export",
+    "RECIPES": "catalog", "FractalDataset": "recipes", "FractalImages": "recipes", "RecipeSpec": "recipes",
+    "make_recipe": "recipes",
+    "RenderConfig": "render", "image_seed": "render", "render_batch": "render",
+    "render_composite_image": "render", "render_coverage": "render", "render_density": "render",
+    "render_image": "render",
+    "SystemSet": "systems", "load_systems": "systems", "sample_fractaldb_systems": "systems",
+    "sample_sigma_systems": "systems", "save_systems": "systems",
+}
 
 __all__ = [
     "RECIPES",
@@ -47,3 +43,9 @@ __all__ = [
     "sample_sigma_systems",
     "save_systems",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'bench.fractals' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"bench.fractals.{_EXPORTS[name]}"), name)

@@ -10,9 +10,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from bench.errors import ConfigError
-from bench.fractals.export import export_images
-from bench.fractals.preview import write_contact_sheet
-from bench.fractals.recipes import RECIPES, FractalImages, make_recipe
+from bench.fractals.catalog import RECIPES
 from bench.fractals.systems import (
     SAMPLERS,
     load_systems,
@@ -123,6 +121,9 @@ def preview(
 ) -> None:
     """Write a PNG contact sheet of images rendered with the recipe's augmentation."""
     _check_positive("image count", count, "64")
+    from bench.fractals.preview import write_contact_sheet
+    from bench.fractals.recipes import FractalImages, make_recipe
+
     loaded = load_systems(systems)
     spec = make_recipe(recipe, len(loaded), classes=classes, per_class=per_class, size=size, points=points, seed=seed, augment=augment)
     path = write_contact_sheet(FractalImages(loaded, spec), out, count)
@@ -155,6 +156,9 @@ def render(
     """Render a recipe's images to out/<class:05d>/<index:05d>.png; a rerun resumes an interrupted export."""
     _check_positive("worker count", workers, "2")
     object_range = _parse_objects(objects)
+    from bench.fractals.export import export_images
+    from bench.fractals.recipes import make_recipe
+
     loaded = load_systems(systems)
     spec = make_recipe(
         recipe, len(loaded), classes=classes, per_class=per_class, size=size, points=points,

@@ -38,13 +38,9 @@ from bench.fractals.render import (
     render_composite_image,
     render_image,
 )
+from bench.fractals.catalog import DEFAULT_CLASSES, DEFAULT_PER_CLASS, RECIPES
 from bench.fractals.systems import SystemSet, load_systems
 
-RECIPES = ("single", "multi-system", "ofdb", "multi-instance")
-
-# Per-recipe defaults: images per class and the rendering settings of the recipe's source.
-DEFAULT_PER_CLASS = {"single": 1000, "multi-system": 1000, "ofdb": 1, "multi-instance": 1000}
-DEFAULT_CLASSES = 1000
 
 
 def default_render_config(recipe: str, size: int = 256, points: int = 100_000) -> RenderConfig:

@@ -44,6 +44,11 @@ from bench.runners.local import DONE, FAILED, LOST, execute  # noqa: E402
 from bench.runners.runqueue import Claim, claim_next, heartbeat, mark_failed, pid_alive, release  # noqa: E402
 from bench.schema.db import open_engine, run_with_retry, session_factory  # noqa: E402
 from bench.schema.models import Run  # noqa: E402
+from bench.methods import METHOD_NAMES, get_method  # noqa: E402
+
+# Every adapter too: `bench.methods` loads them on first use, which would repeat in each child.
+for _method in METHOD_NAMES:
+    get_method(_method)
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,30 @@
+"""The CLI starts without importing the heavy libraries that only some commands need."""
+
+import subprocess
+import sys
+
+import pytest
+
+# torch, timm and anomalib take seconds to import; `bench --help` needs none of them.
+HEAVY = ("torch", "timm", "anomalib", "numba")
+
+
+def loaded_after(code: str) -> set[str]:
+    """Return which HEAVY modules a fresh interpreter has imported after running `code`."""
+    script = f"import sys\n{code}\nprint(' '.join(name for name in {HEAVY!r} if name in sys.modules))"
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    return set(completed.stdout.split())
+
+
+def test_cli_mount_imports_no_heavy_library():
+    assert loaded_after("import bench.cli\nbench.cli._mount_commands()") == set()
+
+
+@pytest.mark.parametrize("package", ["bench.methods", "bench.fractals"])
+def test_package_import_is_lazy(package):
+    assert loaded_after(f"import {package}") == set()
+
+
+def test_method_lookup_imports_adapter():
+    code = "from bench.methods import get_method\nprint(get_method('padim').name)"
+    assert "torch" in loaded_after(code)
