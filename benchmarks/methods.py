@@ -12,7 +12,8 @@ category does not fit in 24 GB. The PaDiM comparison therefore runs both sides a
 --padim-compare-size (128 px by default). The 6 GB goal is measured on bench's PaDiM at 256 px.
 
 Run: .venv/bin/python benchmarks/methods.py --root ../shared/data/MVTecAD
-         [--methods patchcore padim ...] [--skip-originals] [--out results.json]
+         [--methods patchcore padim ...] [--skip-originals | --only-comparisons]
+         [--compare-shots N] [--out results.json]
 """
 
 from __future__ import annotations
@@ -193,6 +194,8 @@ def main() -> None:
                         help="MVTec AD root that contains bottle/")
     parser.add_argument("--methods", nargs="*", default=None, help="Only these methods (default: all presets).")
     parser.add_argument("--skip-originals", action="store_true", help="Do not run anomalib's PatchCore and PaDiM.")
+    parser.add_argument("--only-comparisons", action="store_true",
+                        help="Run only the PatchCore and PaDiM comparisons with anomalib, no other preset.")
     parser.add_argument("--padim-compare-size", type=int, default=128,
                         help="Image size in pixels of the PaDiM comparison with anomalib (both sides).")
     parser.add_argument("--compare-shots", type=int, default=None,
@@ -211,7 +214,8 @@ def main() -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     root = args.root.resolve()
-    presets = [preset for preset in PRESETS if args.methods is None or preset.method in args.methods]
+    presets = [preset for preset in PRESETS if not args.only_comparisons
+               and (args.methods is None or preset.method in args.methods)]
     # Each comparison pairs bench's run with anomalib's original on the same data, size and seed.
     comparisons = []
     if not args.skip_originals:

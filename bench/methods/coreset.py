@@ -12,6 +12,11 @@ point x closer only if d(c, owner(x)) < 2 d(x, owner(x)), so whole clusters are 
 centre-to-centre distance. Selecting 21,401 of the 214,016 WideResNet-50 patches of MVTec AD
 bottle at 256 px took 3 s of one CPU core here; the plain loop took 97 s for its first 2,000
 steps, an estimated 17 minutes in all.
+
+The memory bank differs from anomalib's KCenterGreedy (another projection and start), but the
+scores barely move: on that category with seeded random weights, bench's PatchCore and
+anomalib 2.7's PatchcoreModel both reached image AUROC 91.7, pixel AUROC 88.1 and 88.3
+(`python benchmarks/methods.py --methods patchcore`, 2 CPU cores).
 """
 
 import math
