@@ -160,6 +160,18 @@ def test_sweep_error_is_one_line(tmp_path):
     assert not (tmp_path / "r.db").exists()
 
 
+def test_unsupported_backbone_fails_before_queueing(demo_root, tmp_path):
+    db = tmp_path / "r.db"
+    result = subprocess.run([sys.executable, "-m", "bench", "run", "--method", "fastflow", "--weights", "random",
+                             "--backbone", "efficientnet_lite0", "--root", str(demo_root), "--category", "washer",
+                             "--db", str(db)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "method fastflow does not support backbone efficientnet_lite0" in result.stderr
+    assert "supported backbones: resnet18, wide_resnet50_2" in result.stderr
+    assert not db.exists()
+
+
 def test_local_runner_rejects_slurm_options(grid_file):
     result = CliRunner().invoke(app, ["sweep", str(grid_file), "--partition", "gpu", "--dry-run"])
     assert isinstance(result.exception, ConfigError)

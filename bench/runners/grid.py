@@ -145,6 +145,12 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     options = parse_method_options(spec.options, methods)
     evaluation = _eval_size(spec)
     level_sets = [tuple(parse_levels(text)) for text in dict.fromkeys(spec.layers)] if spec.layers else None
+    # A backbone or level set that a method cannot take fails here, before any run is queued.
+    for method_name in methods:
+        method = get_method(method_name)
+        for backbone_name in backbones:
+            for levels in level_sets or [tuple(method.default_levels)]:
+                method.check_configuration(get_architecture(backbone_name), list(levels))
 
     root = Path(spec.root).expanduser().resolve()
     categories: list[str] = []
