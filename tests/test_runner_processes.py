@@ -136,6 +136,33 @@ def run_process_pids(worker: int) -> list[int]:
     return runs
 
 
+def process_state(pid: int) -> str:
+    """Return the state letter of `pid` from /proc (R, S, T stopped, Z finished), or "" when gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def stop_run_process(worker: int, timeout: float) -> int | None:
+    """Freeze a live run process of `worker` with SIGSTOP and return its pid; None if none was caught.
+
+    A run of the tiny grid takes about a second, so a pid seen a moment ago may belong to a run
+    that has already ended. A stopped process is certain to be mid-run when it is killed.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in run_process_pids(worker):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+            except ProcessLookupError:
+                continue
+            if wait_for(lambda: process_state(pid) in ("T", "Z", ""), timeout=5) and process_state(pid) == "T":
+                return pid
+        time.sleep(0.02)
+    return None
+
+
 def done_rows(url: str) -> dict[str, tuple]:
     return {row[0]: row[1:] for row in query(url, "SELECT config_hash, id, ended_at, wall_time_s FROM runs "
                                                   "WHERE status = 'done'")}
@@ -201,10 +228,11 @@ def test_crashed_run_fails_alone(demo_root, tmp_path):
     db = f"sqlite:///{tmp_path / 'grid.db'}"
     args = grid_args(demo_root, db, tmp_path / "runs", ["2"], range(1), "--jobs", "1")
     process = start_bench(args, tmp_path)
-    assert wait_for(lambda: run_process_pids(process.pid), timeout=120)
+    victim = stop_run_process(process.pid, timeout=120)
+    assert victim is not None
 
     # The out-of-memory killer ends a process with SIGKILL.
-    os.kill(run_process_pids(process.pid)[0], signal.SIGKILL)
+    os.kill(victim, signal.SIGKILL)
     stdout, stderr = process.communicate(timeout=300)
 
     assert process.returncode == 1, stderr
