@@ -160,15 +160,23 @@ def test_sweep_error_is_one_line(tmp_path):
     assert not (tmp_path / "r.db").exists()
 
 
-def test_unsupported_backbone_fails_before_queueing(demo_root, tmp_path):
+@pytest.mark.parametrize(("arguments", "messages"), [
+    (["--method", "fastflow", "--backbone", "efficientnet_lite0"],
+     ["method fastflow does not support backbone efficientnet_lite0", "supported backbones: resnet18, wide_resnet50_2"]),
+    (["--method", "patchcore", "--backbone", "resnet18", "--option", "coreset_ratio=2"],
+     ["invalid option coreset_ratio=2.0; pass a fraction in (0, 1]"]),
+    (["--method", "stfpm", "--backbone", "resnet18", "--option", "epochs=0"],
+     ["invalid option epochs=0 for stfpm; pass 1 or more"]),
+])
+def test_invalid_run_fails_before_queueing(demo_root, tmp_path, arguments, messages):
     db = tmp_path / "r.db"
-    result = subprocess.run([sys.executable, "-m", "bench", "run", "--method", "fastflow", "--weights", "random",
-                             "--backbone", "efficientnet_lite0", "--root", str(demo_root), "--category", "washer",
-                             "--db", str(db)], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "bench", "run", *arguments, "--weights", "random",
+                             "--root", str(demo_root), "--category", "washer", "--db", str(db)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
-    assert len(result.stderr.strip().splitlines()) == 1
-    assert "method fastflow does not support backbone efficientnet_lite0" in result.stderr
-    assert "supported backbones: resnet18, wide_resnet50_2" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    for message in messages:
+        assert message in result.stderr
     assert not db.exists()
 
 

@@ -83,6 +83,21 @@ def test_run_stores_metrics(method, bottle_subset, database, tmp_path):
     assert weights_name == WEIGHTS
 
 
+def test_panda_pixel_metrics_are_null(bottle_subset, database, tmp_path):
+    db, sessions, _ = database
+    config = RunConfig(method="panda", backbone="resnet18", weights=WEIGHTS, dataset="mvtec",
+                       root=str(bottle_subset), category="bottle", levels=(4,), image_size=64, eval_size=64,
+                       method_options=small_options("panda"))
+
+    outcome = execute(config, sessions, tmp_path / "runs", Console(quiet=True), save_anomaly_maps=False)
+
+    assert outcome.status == DONE, outcome.error
+    metrics = {name: (value, reason) for name, value, reason in rows(db, "SELECT name, value, null_reason FROM metrics")}
+    assert metrics["image_auroc"][0] is not None
+    for name in ("pixel_auroc", "aupro", "pixel_f1_max"):
+        assert metrics[name] == (None, "method panda produces no anomaly maps (image scores only)")
+
+
 @pytest.mark.parametrize("method", sorted(METHODS))
 def test_checkpoint_loads_into_backbone(method, database):
     _, sessions, checkpoint = database

@@ -59,6 +59,7 @@ class MethodAdapter(ABC):
 
     def __init__(self, architecture: Architecture, levels: list[int], options: dict[str, Any]) -> None:
         self.check_configuration(architecture, levels)
+        self.check_options(options)
         self.architecture = architecture
         self.levels = levels
         self.layer_names = architecture.layer_names(levels)
@@ -71,7 +72,17 @@ class MethodAdapter(ABC):
         if unknown:
             known = ", ".join(sorted(cls.options)) or "none"
             raise ConfigError(f"unknown option '{unknown[0]}' for method {cls.name}; its options: {known}")
-        return {key: option.parse(key, given[key]) if key in given else option.default for key, option in cls.options.items()}
+        resolved = {key: option.parse(key, given[key]) if key in given else option.default
+                    for key, option in cls.options.items()}
+        cls.check_options(resolved)
+        return resolved
+
+    @classmethod
+    def check_options(cls, config: dict[str, Any]) -> None:
+        """Raise ConfigError for an option value outside the method's range, e.g. a coreset ratio of 2.
+
+        `resolve_options` calls it, so a grid rejects such a value before its first run starts.
+        """
 
     @abstractmethod
     def backbone_module(self) -> nn.Module:

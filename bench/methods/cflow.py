@@ -47,15 +47,18 @@ class Cflow(MethodAdapter):
         "clamp_alpha": Option(float, 1.9, "clamp of the coupling blocks' log-scale"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        check_training_options(cls.name, config)
+        for key in ("fiber_batch_size", "coupling_blocks", "condition_vector"):
+            if config[key] < 1:
+                raise ConfigError(f"invalid option {key}={config[key]} for {cls.name}; pass 1 or more")
+        if config["condition_vector"] % 4:
+            raise ConfigError(f"invalid option condition_vector={config['condition_vector']} for cflow; "
+                              "the 2D positional encoding needs a multiple of 4")
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        check_training_options(self.name, self.config)
-        for key in ("fiber_batch_size", "coupling_blocks", "condition_vector"):
-            if self.config[key] < 1:
-                raise ConfigError(f"invalid option {key}={self.config[key]} for {self.name}; pass 1 or more")
-        if self.config["condition_vector"] % 4:
-            raise ConfigError(f"invalid option condition_vector={self.config['condition_vector']} for cflow; "
-                              "the 2D positional encoding needs a multiple of 4")
         self.model = CflowModel(backbone=architecture.timm_name, layers=self.layer_names, pre_trained=False,
                                 fiber_batch_size=self.config["fiber_batch_size"],
                                 condition_vector=self.config["condition_vector"],

@@ -65,11 +65,14 @@ class Cutpaste(MethodAdapter):
                                       "--image-size)"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        check_training_options(cls.name, config)
+        if config["patch_size"] < 1:
+            raise ConfigError(f"invalid option patch_size={config['patch_size']} for cutpaste; pass 1 or more")
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        check_training_options(self.name, self.config)
-        if self.config["patch_size"] < 1:
-            raise ConfigError(f"invalid option patch_size={self.config['patch_size']} for cutpaste; pass 1 or more")
         self.extractor = TimmFeatureExtractor(backbone=architecture.timm_name, layers=self.layer_names,
                                               pre_trained=False, requires_grad=True)
         self.image_layer, self.patch_layer = self.layer_names[-1], self.layer_names[0]

@@ -40,9 +40,12 @@ class Fastflow(MethodAdapter):
         "hidden_ratio": Option(float, 1.0, "hidden channels of a coupling subnet, as a fraction of its input channels"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        check_training_options(cls.name, config)
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        check_training_options(self.name, self.config)
         # The same extractor anomalib builds (out_indices 1-3 = layer1..layer3), created here because
         # the flows need the input size, which is known only in `fit`.
         self.encoder = timm.create_model(architecture.timm_name, pretrained=False, features_only=True,

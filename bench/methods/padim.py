@@ -120,18 +120,21 @@ class Padim(MethodAdapter):
                                        "does not change results"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        if config["chunk_size"] < 0:
+            raise ConfigError(f"invalid option chunk_size={config['chunk_size']}; pass a positive size or 0")
+        if config["n_features"] < 0:
+            raise ConfigError(f"invalid option n_features={config['n_features']}; pass a positive size or 0 for the default")
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        if self.config["chunk_size"] < 0:
-            raise ConfigError(f"invalid option chunk_size={self.config['chunk_size']}; pass a positive size or 0")
         self.model = PadimModel(backbone=architecture.timm_name, layers=self.layer_names, pre_trained=False,
                                 n_features=self._feature_count())
         self.gaussians: GaussianBank | None = None
 
     def _feature_count(self) -> int:
         requested = self.config["n_features"]
-        if requested < 0:
-            raise ConfigError(f"invalid option n_features={requested}; pass a positive size or 0 for the default")
         if requested:
             return requested
         if self.architecture.name in PAPER_FEATURES:

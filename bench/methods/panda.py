@@ -50,13 +50,16 @@ class Panda(MethodAdapter):
         "n_neighbors": Option(int, 2, "training features whose squared distances sum to the image score"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        for key in ("epochs", "train_batch_size", "n_neighbors"):
+            if config[key] < 1:
+                raise ConfigError(f"invalid option {key}={config[key]} for panda; pass 1 or more")
+        if config["lr"] <= 0:
+            raise ConfigError(f"invalid option lr={config['lr']} for panda; pass a positive learning rate")
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        for key in ("epochs", "train_batch_size", "n_neighbors"):
-            if self.config[key] < 1:
-                raise ConfigError(f"invalid option {key}={self.config[key]} for panda; pass 1 or more")
-        if self.config["lr"] <= 0:
-            raise ConfigError(f"invalid option lr={self.config['lr']} for panda; pass a positive learning rate")
         self.layer = self.layer_names[-1]
         self.extractor = TimmFeatureExtractor(backbone=architecture.timm_name, layers=[self.layer],
                                               pre_trained=False, requires_grad=True)

@@ -78,15 +78,18 @@ class Patchcore(MethodAdapter):
                                          "tens of minutes on a full category, for comparison)"),
     }
 
-    def __init__(self, architecture, levels, options) -> None:
-        super().__init__(architecture, levels, options)
-        ratio = self.config["coreset_ratio"]
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        ratio = config["coreset_ratio"]
         if not 0 < ratio <= 1:
             raise ConfigError(f"invalid option coreset_ratio={ratio}; pass a fraction in (0, 1], e.g. 0.1")
-        if self.config["sampler"] not in SAMPLERS:
-            raise ConfigError(f"invalid option sampler={self.config['sampler']}; choose one of {', '.join(SAMPLERS)}")
-        if self.config["num_neighbors"] < 1:
-            raise ConfigError(f"invalid option num_neighbors={self.config['num_neighbors']}; pass 1 or more")
+        if config["sampler"] not in SAMPLERS:
+            raise ConfigError(f"invalid option sampler={config['sampler']}; choose one of {', '.join(SAMPLERS)}")
+        if config["num_neighbors"] < 1:
+            raise ConfigError(f"invalid option num_neighbors={config['num_neighbors']}; pass 1 or more")
+
+    def __init__(self, architecture, levels, options) -> None:
+        super().__init__(architecture, levels, options)
         self.model = _FastSearchPatchcore(layers=self.layer_names, backbone=architecture.timm_name, pre_trained=False,
                                           num_neighbors=self.config["num_neighbors"])
 

@@ -39,12 +39,15 @@ class ReverseDistillation(MethodAdapter):
         "anomaly_map_mode": Option(str, "add", "how per-level distance maps combine: add or multiply"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        check_training_options(cls.name, config)
+        if config["anomaly_map_mode"] not in MAP_MODES:
+            raise ConfigError(f"invalid option anomaly_map_mode={config['anomaly_map_mode']}; "
+                              f"choose one of {', '.join(MAP_MODES)}")
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        check_training_options(self.name, self.config)
-        if self.config["anomaly_map_mode"] not in MAP_MODES:
-            raise ConfigError(f"invalid option anomaly_map_mode={self.config['anomaly_map_mode']}; "
-                              f"choose one of {', '.join(MAP_MODES)}")
         self.mode = AnomalyMapGenerationMode(self.config["anomaly_map_mode"])
         # The input size only sizes the anomaly map; `fit` sets the real one.
         self.model = ReverseDistillationModel(backbone=architecture.timm_name, input_size=(256, 256),

@@ -58,9 +58,12 @@ class Stfpm(MethodAdapter):
         "weight_decay": Option(float, 1e-3, "SGD weight decay"),
     }
 
+    @classmethod
+    def check_options(cls, config: dict) -> None:
+        check_training_options(cls.name, config)
+
     def __init__(self, architecture, levels, options) -> None:
         super().__init__(architecture, levels, options)
-        check_training_options(self.name, self.config)
         self.model = _OfflineStfpmModel(layers=self.layer_names, backbone=architecture.timm_name)
 
     def backbone_module(self) -> nn.Module:
