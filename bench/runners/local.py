@@ -26,6 +26,7 @@ from bench.data.loading import ImageDataset, TrainData, load_masks
 from bench.errors import ConfigError
 from bench.methods import get_method
 from bench.metrics import MetricValue, compute_metrics
+from bench.metrics.summary import PIXEL_METRIC_NAMES
 from bench.runners.config import ORIGINAL, RunConfig
 from bench.runners.environment import git_revision, host_name, package_versions, peak_memory_mb, reset_peak_memory
 from bench.runners.progress import RichPhases
@@ -123,7 +124,14 @@ def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecor
         save_maps(maps_path, category, scores, maps)
     masks = load_masks(category.test, height, width)
     with phases.step("metrics"):
-        return compute_metrics(labels, scores, masks, maps if masks is not None else None)
+        metrics = compute_metrics(labels, scores, masks, maps if masks is not None else None)
+    if adapter.produces_maps:
+        return metrics
+    # The maps of a method without localisation repeat its image score, so pixel metrics
+    # computed from them would look real but measure nothing.
+    reason = f"method {adapter.name} produces no anomaly maps (image scores only)"
+    return [MetricValue(metric.name, None, reason, None) if metric.name in PIXEL_METRIC_NAMES else metric
+            for metric in metrics]
 
 
 def _store(session_factory: sessionmaker[Session], config: RunConfig, config_hash: str, weights: WeightsRecord,
