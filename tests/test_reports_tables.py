@@ -265,3 +265,24 @@ def test_few_shot_runs_not_mixed(tmp_path):
     few, _ = build_tables(engine, "image_auroc", RunFilter(train_shots=10))
     assert full[0].cells[("bottle", "padim")].values["imagenet"][0] == 0.9
     assert few[0].cells[("bottle", "padim")].values["imagenet"][0] == 0.6
+
+
+def test_report_missing_database_rejected(tmp_path, monkeypatch, capsys):
+    missing = tmp_path / "typo.db"
+    code, _, err = run_cli(monkeypatch, capsys, "report", "--db", str(missing))
+    assert code == 2
+    assert f"database not found: {missing}" in err
+    assert not missing.exists()
+
+
+def test_report_relative_root_matches(tmp_path, monkeypatch, capsys):
+    data = tmp_path / "data" / "demo"
+    data.mkdir(parents=True)
+    db = tmp_path / "results.db"
+    with session_factory(open_engine(db))() as session, session.begin():
+        add_run(session, method="padim", weights="random", category="washer", root=str(data),
+                metrics={"image_auroc": 0.75})
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--root", "data/demo", "--format", "csv", "--db", str(db))
+    assert code == 0, err
+    assert "washer" in out

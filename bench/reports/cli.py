@@ -37,6 +37,9 @@ def _filters(dataset=None, backbone=None, layers=None, image_size=None, eval_siz
     from bench.weights.architectures import parse_levels
 
     layer_filter = ",".join(map(str, parse_levels(layers))) if layers else None
+    # Runs store their root resolved, as `bench run` resolves it; a relative --root matches that.
+    if root is not None:
+        root = str(Path(root).expanduser().resolve())
     return RunFilter(dataset=dataset, backbone=backbone, layers=layer_filter, image_size=image_size,
                      eval_size=eval_size, seed=seed, train_shots=train_shots, root=root,
                      methods=tuple(methods or ()), weights=tuple(weights or ()), categories=tuple(categories or ()))
@@ -70,7 +73,7 @@ def report(
     """
     from bench.reports.render import FORMATS
     from bench.reports.tables import TABLES
-    from bench.schema.db import open_engine
+    from bench.schema.db import open_existing_engine
 
     if table not in TABLES:
         raise ConfigError(f"unknown --table '{table}'; choose one of {', '.join(TABLES)}")
@@ -79,7 +82,7 @@ def report(
     if compare is not None and compare != "published":
         raise ConfigError(f"unknown --compare '{compare}'; the only choice is published")
     filters = _filters(dataset, backbone, layers, image_size, eval_size, seed, train_shots, root, method, weights)
-    engine = open_engine(db)
+    engine = open_existing_engine(db)
 
     if write_all:
         _write_all(engine, filters, out, treatment, resamples)
@@ -192,10 +195,10 @@ def spider_command(
     """Draw spider charts of mean image AUROC (%) per category group: methods as spokes, one chart per weights source."""
     from bench.reports.figures import dataset_roots, spider_figure
     from bench.reports.tables import build_tables
-    from bench.schema.db import open_engine
+    from bench.schema.db import open_existing_engine
 
     filters = _filters(dataset, backbone, layers, image_size, eval_size, seed, train_shots, root, method, weights)
-    tables, frame = build_tables(open_engine(db), "image_auroc", filters)
+    tables, frame = build_tables(open_existing_engine(db), "image_auroc", filters)
     if not tables:
         raise ConfigError("no finished runs with image_auroc for these filters; run `bench run` first")
     _print_paths(spider_figure(tables, out, dataset_roots(frame)))
@@ -217,9 +220,9 @@ def layers_command(
     """Draw PatchCore and PaDiM bars per hierarchy-level set (image AUROC, pixel AUROC, AUPRO), sources side by side."""
     from bench.reports.figures import LAYER_METHODS, layers_figure
     from bench.reports.tables import STUDY_METRICS, load_results
-    from bench.schema.db import open_engine
+    from bench.schema.db import open_existing_engine
 
-    engine = open_engine(db)
+    engine = open_existing_engine(db)
     filters = _filters(dataset, backbone, None, image_size, eval_size, seed, train_shots, root, LAYER_METHODS, weights)
     frames = {metric: load_results(engine, metric, filters) for metric in STUDY_METRICS}
     if frames["image_auroc"].empty:
@@ -240,6 +243,7 @@ def filters_command(
     from bench.reports.filters import filters_figure, load_filters
     from bench.schema.db import open_engine, session_factory
 
+    # `random` and `imagenet` need no registered weights, so a new database is fine here.
     with session_factory(open_engine(db))() as session:
         panels = [load_filters(session, name, backbone, seed) for name in weights]
     _print_paths(filters_figure(panels, out or Path(f"reports/figures/filters_{backbone}")))
@@ -266,11 +270,11 @@ def qualitative_command(
 ) -> None:
     """Draw test images, ground truth, and per weights source the anomaly map and its thresholded mask."""
     from bench.reports.qualitative import parse_threshold, qualitative_figure
-    from bench.schema.db import open_engine
+    from bench.schema.db import open_existing_engine
 
     filters = _filters(None, backbone, layers, image_size, eval_size, seed, train_shots, root, None, weights)
     out = out or Path(f"reports/figures/qualitative_{dataset}_{method}_{category}")
-    paths = qualitative_figure(open_engine(db), filters, dataset, category, method, out, image, count,
+    paths = qualitative_figure(open_existing_engine(db), filters, dataset, category, method, out, image, count,
                                parse_threshold(threshold))
     _print_paths(paths)
 

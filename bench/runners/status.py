@@ -91,7 +91,7 @@ def render_status(status: GridStatus, url: str, target: Console) -> None:
     states = ("done", "running", "failed", "pending")
     total = sum(status.totals.values())
     counts = ", ".join(f"{status.totals[state]} {state}" for state in states)
-    target.print(f"{url}: {total} runs: {counts}", highlight=False, soft_wrap=True)
+    target.print(f"{url}: {total} run{'' if total == 1 else 's'}: {counts}", highlight=False, soft_wrap=True)
 
     workers = len(status.workers)
     line = (f"workers: {_plural(status.in_progress, 'run')} in progress in "
@@ -130,13 +130,7 @@ def status(
     stale_after: Annotated[float, typer.Option("--stale-after", min=1, help="Seconds without a heartbeat after which a running run of another host counts as abandoned.")] = 600.0,
 ) -> None:
     """Show done, running, failed and pending runs per axis, the active workers and an ETA."""
-    from pathlib import Path
+    from bench.schema.db import open_existing_engine
 
-    from bench.errors import ConfigError
-    from bench.schema.db import database_url, open_engine
-
-    url = database_url(db)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise ConfigError(f"database not found: {url.removeprefix('sqlite:///')}; pass --db or set BENCH_DB")
-    engine = open_engine(db)
+    engine = open_existing_engine(db)
     render_status(read_status(engine, stale_after), engine.url.render_as_string(hide_password=True), console)

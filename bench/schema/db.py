@@ -103,6 +103,17 @@ def _upgrade(engine: Engine, url: str) -> None:
         connection.commit()
 
 
+def open_existing_engine(db: str | Path | None = None) -> Engine:
+    """Open a database that must already exist, for commands that only read results.
+
+    A mistyped SQLite path raises ConfigError instead of creating an empty database there.
+    """
+    url = database_url(db)
+    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
+        raise ConfigError(f"database not found: {url.removeprefix('sqlite:///')}; pass --db or set BENCH_DB")
+    return open_engine(db)
+
+
 def open_engine(db: str | Path | None = None, migrate: bool = True) -> Engine:
     """Create an engine for the database and upgrade its schema to the newest migration.
 
