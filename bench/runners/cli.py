@@ -100,7 +100,7 @@ def _print_dry_run(spec: GridSpec, options: QueueOptions) -> None:
                       config.category, config.layers, str(config.seed), run.config_hash[:12])
     print_table(console, table)
     counts_text = ", ".join(f"{counts.get(status, 0)} {status}" for status in ("done", "failed", "running", "pending", "new"))
-    console.print(f"{len(planned)} runs: {counts_text}; dry run, nothing was queued or run", highlight=False, soft_wrap=True)
+    console.print(f"{len(planned)} run{'' if len(planned) == 1 else 's'}: {counts_text}; dry run, nothing was queued or run", highlight=False, soft_wrap=True)
 
 
 def _configure_logging(runs_dir: Path) -> None:
@@ -227,7 +227,7 @@ def run(
     root: Annotated[Path, typer.Option("--root", help="Dataset root folder that contains the category folders.")],
     category: Annotated[list[str], typer.Option("--category", "-c", help="Category name, or 'all'; repeat for a grid.")],
     backbone: Annotated[list[str], typer.Option("--backbone", "-b", help="Backbone architecture; repeat for a grid.")] = ["wide_resnet50_2"],
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset layout: mvtec.")] = "mvtec",
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset layout: mvtec, visa (after `bench data prepare visa`) or folder (your own images in the MVTec layout).")] = "mvtec",
     layers: Annotated[list[str] | None, typer.Option("--layers", help="Feature hierarchy levels 1..4 (stride 4, 8, 16, 32), e.g. 2,3; repeat for a grid. Default: the method's own (PaDiM 1,2,3; PatchCore 2,3).")] = None,
     image_size: Annotated[int, typer.Option("--image-size", help="Square model input size in pixels.", min=32)] = 256,
     eval_size: Annotated[str, typer.Option("--eval-size", help="Square size in pixels at which pixel metrics are computed, or 'original' for the test images' own resolution. Default: the image size.")] = "",
@@ -304,7 +304,7 @@ def _parse_gigabytes(text: str) -> int:
 
 
 def sweep(
-    grid_file: Annotated[Path, typer.Argument(help="TOML grid file: axes as lists (method, backbone, weights, category, layers, seed), fixed options as scalars, method options under [options].")],
+    grid_file: Annotated[Path, typer.Argument(help="TOML grid file: axes as lists (method, backbone, weights, category, layers, seed), fixed options as scalars, method options under \\[options].")],
     runner: Annotated[str, typer.Option("--runner", help="Where runs execute: local (worker processes here), slurm (a Slurm job array through submitit) or submitit-local (the Slurm code path on this machine, to test a grid before submitting).")] = "local",
     jobs: JobsOption = None,
     force: ForceOption = False,
