@@ -7,6 +7,7 @@ and turns user errors into one line on stderr.
 import logging
 import sys
 import warnings
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -26,6 +27,22 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"bench {version('bench')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[bool, typer.Option("--version", callback=_print_version, is_eager=True,
+                                          help="Print the version of bench and exit.")] = False,
+) -> None:
+    """Benchmark anomaly-detection methods with backbones pre-trained on fractals, ImageNet or nothing."""
 
 
 def _mount_commands() -> None:

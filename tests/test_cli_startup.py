@@ -28,3 +28,11 @@ def test_package_import_is_lazy(package):
 def test_method_lookup_imports_adapter():
     code = "from bench.methods import get_method\nprint(get_method('padim').name)"
     assert "torch" in loaded_after(code)
+
+
+def test_version_option_prints_package_version():
+    from importlib.metadata import version
+
+    completed = subprocess.run([sys.executable, "-m", "bench", "--version"], capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == f"bench {version('bench')}"

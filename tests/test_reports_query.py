@@ -105,3 +105,10 @@ def test_metrics_frame_is_long(study_db):
     assert len(frame) == 2 * N_RUNS
     assert set(frame["name"]) == {"image_auroc", "pixel_auroc"}
     assert {"run_id", "value", "null_reason", "method", "weights_name", "seed"} <= set(frame.columns)
+
+
+def test_query_syntax_error_is_not_a_rejection(study_db, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "query", "SELEC 1", "--db", str(study_db))
+    assert code == 2
+    assert 'query failed: near "SELEC": syntax error' in err
+    assert "rejected" not in err

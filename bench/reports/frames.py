@@ -108,9 +108,11 @@ def query_frame(db: str | Path | Engine | None, sql: str) -> pd.DataFrame:
             connection.rollback()
     except DBAPIError as error:
         reason = str(error.orig).splitlines()[0] if error.orig is not None else str(error)
-        if reason == "not authorized":
-            reason = "not authorized (the authorizer allows only reading statements)"
-        raise QueryError(f"query rejected by the database (read-only connection): {reason}") from None
+        if reason == "not authorized" or "read-only" in reason or "readonly" in reason:
+            if reason == "not authorized":
+                reason = "not authorized (the authorizer allows only reading statements)"
+            raise QueryError(f"query rejected by the database (read-only connection): {reason}") from None
+        raise QueryError(f"query failed: {reason}") from None
     except SQLAlchemyError as error:
         raise QueryError(f"query failed: {str(error).splitlines()[0]}") from None
     finally:

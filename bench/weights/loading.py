@@ -25,7 +25,9 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or foreign files
-        raise WeightsError(f"cannot read weights file {path}: {type(error).__name__}: {str(error).splitlines()[0]}") from None
+        detail = f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"
+        raise WeightsError(f"cannot read weights file {path} as a PyTorch checkpoint ({detail}); "
+                           "pass a file written by torch.save, such as a state dict") from None
     if not isinstance(checkpoint, dict):
         raise WeightsError(f"weights file {path} holds a {type(checkpoint).__name__}, not a state dict")
 
