@@ -158,9 +158,13 @@ def test_qualitative_unknown_image(maps_db, tmp_path, monkeypatch, capsys):
 
 def test_report_all_writes_index(maps_db, tmp_path, monkeypatch, capsys):
     out = tmp_path / "reports"
-    code, _, err = run_cli(monkeypatch, capsys, "report", "--all", "--resamples", "500", "--out", str(out),
-                           "--db", str(maps_db))
+    code, printed, err = run_cli(monkeypatch, capsys, "report", "--all", "--resamples", "500", "--out", str(out),
+                                 "--db", str(maps_db))
     assert code == 0, err
+    incomplete = [line for line in printed.splitlines() if line.startswith("incomplete:")]
+    assert incomplete
+    assert f"{len(incomplete)} of " in printed
+    assert "tables and figures are incomplete or missing" in printed
     index = (out / "index.html").read_text()
     written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file()
                      and not path.name.startswith("index."))

@@ -58,7 +58,7 @@ def write_all(engine: Engine, filters: RunFilter, out: Path, options: BundleOpti
         try:
             tables, frame = build_tables(engine, metric, filters)
         except BenchError as error:
-            logger.warning("%s tables skipped: %s", metric, error)
+            logger.info("%s tables skipped: %s", metric, error)
             entries.append(Entry("tables", METRIC_LABELS.get(metric, metric), skipped=str(error)))
             tables, frame = [], pd.DataFrame()
         frames[metric] = frame
@@ -142,7 +142,7 @@ def _figure(section: str, title: str, draw) -> Entry:
     try:
         return Entry(section, title, draw())
     except BenchError as error:
-        logger.warning("figure %s skipped: %s", title, error)
+        logger.info("figure %s skipped: %s", title, error)
         return Entry(section, title, skipped=str(error))
 
 
@@ -189,7 +189,7 @@ def _filter_entries(engine: Engine, filters: RunFilter, figures: Path) -> list[E
                 try:
                     panels.append(load_filters(session, weights, backbone, seed=int(group["seed"].min())))
                 except BenchError as error:
-                    logger.warning("filters of %s (%s) skipped: %s", weights, backbone, error)
+                    logger.info("filters of %s (%s) skipped: %s", weights, backbone, error)
                     failures.append(f"{weights}: {error}")
         title = f"first convolution filters, {backbone}"
         if panels:

@@ -172,9 +172,12 @@ def _write_all(engine, filters, out: Path | None, treatment: str, resamples: int
         raise ConfigError(f"no finished runs in {engine.url} for these filters; run `bench run` first")
     written = sum(len(entry.files) for entry in entries)
     console.print(f"wrote {written} files for {len(entries)} tables and figures; index: {folder / 'index.html'}")
-    for entry in entries:
-        if entry.skipped:
-            console.print(f"[yellow]incomplete:[/yellow] {entry.title}: {entry.skipped}", highlight=False)
+    incomplete = [entry for entry in entries if entry.skipped]
+    for entry in incomplete:
+        console.print(f"[yellow]incomplete:[/yellow] {entry.title}: {entry.skipped}", highlight=False)
+    if incomplete:
+        console.print(f"{len(incomplete)} of {len(entries)} tables and figures are incomplete or missing; "
+                      "narrow the runs with the filter options (see `bench report --help`)", highlight=False)
 
 
 @figure_app.command("spider")
