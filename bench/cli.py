@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from bench.errors import BenchError
+from bench.errors import BenchError, ConfigError
 
 # Deprecation notices raised inside timm and anomalib imports; nothing a user can act on.
 warnings.filterwarnings("ignore", message="Importing from timm.models.layers is deprecated")
@@ -71,10 +71,47 @@ def _mount_commands() -> None:
     app.add_typer(fractals_app, name="fractals", help="Sample IFS fractal systems, preview and render them.")
 
 
+def check_repeated_options(arguments: list[str]) -> None:
+    """Raise ConfigError when an option that takes one value is given more than once.
+
+    click keeps the last value of such an option without a word, so `--image-size 64
+    --image-size 96` would silently run at 96 px only; the grid axes are the options that repeat.
+    """
+    # Typer 0.29 ships its own copy of click, so parameters are told apart by their fields.
+    command = typer.main.get_command(app)
+    position = 0
+    while hasattr(command, "commands") and position < len(arguments):
+        subcommand = command.commands.get(arguments[position])
+        if subcommand is None:
+            break
+        command, position = subcommand, position + 1
+
+    options = [parameter for parameter in command.params if parameter.param_type_name == "option"]
+    single = {name: parameter for parameter in options
+              if not parameter.multiple and not parameter.is_flag and not parameter.count for name in parameter.opts}
+    given: dict[str, list[str]] = {}
+    for index, token in enumerate(arguments[position:], start=position):
+        if token == "--":
+            break
+        name, equals, value = token.partition("=")
+        if name in single:
+            if not equals:
+                value = arguments[index + 1] if index + 1 < len(arguments) else ""
+            given.setdefault(single[name].opts[0], []).append(value)
+    for option, values in given.items():
+        if len(values) > 1:
+            repeatable = sorted(opt for parameter in options if parameter.multiple
+                                for opt in parameter.opts if opt.startswith("--"))
+            hint = f" (options that repeat here: {', '.join(repeatable)})" if repeatable else ""
+            raise ConfigError(f"{option} given {len(values)} times ({', '.join(values)}), but it takes one value; "
+                              f"pass it once{hint}")
+
+
 def main() -> None:
     """Run the CLI; a BenchError becomes one line on stderr and its exit code (2)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
+        check_repeated_options(sys.argv[1:])
         app()
     except BenchError as error:
         error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)

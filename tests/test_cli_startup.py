@@ -36,3 +36,26 @@ def test_version_option_prints_package_version():
     completed = subprocess.run([sys.executable, "-m", "bench", "--version"], capture_output=True, text=True, timeout=120)
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == f"bench {version('bench')}"
+
+
+@pytest.mark.parametrize(("arguments", "message"), [
+    (["run", "--method", "padim", "--image-size", "64", "--image-size", "96"],
+     "--image-size given 2 times (64, 96), but it takes one value"),
+    (["report", "--table", "auroc", "--table=aupro"], "--table given 2 times (auroc, aupro)"),
+    (["fractals", "sample", "--systems", "3", "--systems", "4", "--out", "s.npz"], "--systems given 2 times (3, 4)"),
+])
+def test_repeated_single_option_rejected(arguments, message, tmp_path):
+    completed = subprocess.run([sys.executable, "-m", "bench", *arguments, "--db", str(tmp_path / "r.db")]
+                               if arguments[0] != "fractals" else [sys.executable, "-m", "bench", *arguments],
+                               cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 2
+    assert len(completed.stderr.strip().splitlines()) == 1, completed.stderr
+    assert message in completed.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_repeated_axis_option_accepted():
+    from bench.cli import check_repeated_options
+
+    check_repeated_options(["run", "--method", "padim", "--method", "patchcore", "--seed", "0", "--seed", "1",
+                            "--image-size", "64"])
