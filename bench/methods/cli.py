@@ -6,6 +6,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.terminal import print_table
+
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 
@@ -20,7 +22,7 @@ def list_command() -> None:
         table.add_column(column)
     for name, method in sorted(METHODS.items()):
         table.add_row(name, ",".join(map(str, method.default_levels)), method.summary)
-    console.print(table)
+    print_table(console, table)
 
 
 @app.command("show")
@@ -35,4 +37,4 @@ def show_command(name: Annotated[str, typer.Argument(help="Method name, e.g. pad
         table.add_column(column)
     for key, option in method.options.items():
         table.add_row(key, option.type.__name__, str(option.default), option.help)
-    console.print(table)
+    print_table(console, table)

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.errors import ConfigError
+from bench.terminal import print_table
 
 console = Console()
 
@@ -129,4 +130,4 @@ def _print_summary(result, registration) -> None:
     if result.weights_id is not None:
         table.add_row("registered", f"'{registration.name}' (weights id {result.weights_id}); "
                                     f"use `bench run --weights {registration.name} --backbone {meta['arch']}`")
-    console.print(table)
+    print_table(console, table)

@@ -99,8 +99,10 @@ def to_rich(grid: Grid | ResultTable) -> Table:
 
 def print_grid(console: Console, grid: Grid | ResultTable) -> None:
     """Print a grid as a rich table followed by its notes, one per line."""
+    from bench.terminal import print_table
+
     grid = _as_grid(grid)
-    console.print(to_rich(grid))
+    print_table(console, to_rich(grid))
     for note in grid.notes:
         console.print(note, style="dim", highlight=False, markup=False)
     console.print()

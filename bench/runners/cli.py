@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bench.errors import ConfigError
+from bench.terminal import print_table
 from bench.runners.grid import GridSpec
 
 console = Console()
@@ -56,15 +57,6 @@ class QueueOptions:
     jobs: int | None = None
     stale_after_s: float = 600.0
     heartbeat_s: float = 30.0
-
-
-def print_table(target: Console, table: Table) -> None:
-    """Print `table` unsqueezed: a file or pipe gets the table's natural width instead of 80 columns."""
-    if target.is_terminal:
-        target.print(table)
-        return
-    natural = target.measure(table, options=target.options.update(max_width=10_000)).maximum
-    Console(file=target.file, width=max(target.width, natural), color_system=None).print(table)
 
 
 def _print_dry_run(spec: GridSpec, options: QueueOptions) -> None:

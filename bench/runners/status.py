@@ -86,7 +86,7 @@ def _format_duration(seconds: float) -> str:
 
 def render_status(status: GridStatus, url: str, target: Console) -> None:
     """Print the totals, workers, ETA and the per-axis table."""
-    from bench.runners.cli import print_table
+    from bench.terminal import print_table
 
     states = ("done", "running", "failed", "pending")
     total = sum(status.totals.values())

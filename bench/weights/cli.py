@@ -7,6 +7,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bench.terminal import print_table
+
 app = typer.Typer(no_args_is_help=True)
 console = Console()
 
@@ -30,7 +32,7 @@ def list_command(db: DbOption = None) -> None:
         table.add_row(str(record.id), record.name, record.arch, record.source, (record.sha256 or "")[:12],
                       " ".join(f"{v:.3f}" for v in record.mean), " ".join(f"{v:.3f}" for v in record.std),
                       str(record.path or ""))
-    console.print(table)
+    print_table(console, table)
 
     console.print("built in: [bold]random[/bold] (seeded timm initialisation) for "
                   f"{', '.join(sorted(ARCHITECTURES))}; [bold]imagenet[/bold]: efficientnet_lite0 from the PyPI "
