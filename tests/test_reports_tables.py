@@ -213,6 +213,18 @@ def test_compare_mean_printed_for_full_coverage(tmp_path):
     assert not comparison.recomputed
 
 
+def test_compare_mean_empty_without_overlap(tmp_path):
+    path = tmp_path / "results.db"
+    with session_factory(open_engine(path))() as session, session.begin():
+        add_run(session, method="patchcore", weights="imagenet", category="washer", metrics={"image_auroc": 0.9})
+    tables, _ = build_tables(open_engine(path), "image_auroc")
+    (comparison,) = build_comparisons(tables[0])
+    mean = comparison.cells[(MEAN_ROW, "patchcore")]
+    assert mean.ours is None
+    assert mean.published is None
+    assert mean.note == "no category has both values"
+
+
 def test_compare_grid_text(table):
     grid = comparison_grid(build_comparisons(table)[0])
     bottle = grid.rows[0]
