@@ -298,3 +298,14 @@ def test_report_relative_root_matches(tmp_path, monkeypatch, capsys):
     code, out, err = run_cli(monkeypatch, capsys, "report", "--root", "data/demo", "--format", "csv", "--db", str(db))
     assert code == 0, err
     assert "washer" in out
+
+
+def test_table_notes_several_roots(tmp_path):
+    path = tmp_path / "results.db"
+    with session_factory(open_engine(path))() as session, session.begin():
+        add_run(session, method="padim", weights="random", category="bottle", root="/data/mvtec",
+                metrics={"image_auroc": 0.9})
+        add_run(session, method="padim", weights="random", category="washer", root="/data/demo",
+                metrics={"image_auroc": 0.8})
+    tables, _ = build_tables(open_engine(path), "image_auroc")
+    assert "dataset roots: /data/demo (washer); /data/mvtec (bottle); select one with --root" in tables[0].settings

@@ -288,8 +288,15 @@ def describe_settings(frame: pd.DataFrame) -> list[str]:
     seeds_per_cell = frame.groupby(["category", "method", "source"])["seed"].nunique()
     if len(seeds_per_cell) and seeds_per_cell.max() > 1:
         seed_text += " (cells: mean±std over seeds)"
-    return [f"backbone {joined('backbone')}; input {joined('image_size')} px; layers: {'; '.join(layers_by_method)}; "
-            f"{seed_text}"]
+    settings = [f"backbone {joined('backbone')}; input {joined('image_size')} px; layers: {'; '.join(layers_by_method)}; "
+                f"{seed_text}"]
+    roots = frame.groupby("root")["category"].unique()
+    if len(roots) > 1:
+        # Categories of one dataset layout can come from different copies, e.g. the demo data
+        # beside real MVTec AD; the mean then mixes them.
+        listed = "; ".join(f"{root} ({', '.join(sorted(categories))})" for root, categories in sorted(roots.items()))
+        settings.append(f"dataset roots: {listed}; select one with --root")
+    return settings
 
 
 def source_rank(source: str) -> tuple[int, str]:
