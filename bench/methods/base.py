@@ -46,6 +46,11 @@ class Option:
             raise ConfigError(f"invalid value '{text}' for option {key}; expected {self.type.__name__}") from None
 
 
+def scores_and_maps(output: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Return image scores (B,) and anomaly maps (B, H, W) from anomalib's InferenceBatch output."""
+    return output.pred_score.reshape(-1), output.anomaly_map[:, 0]
+
+
 class MethodAdapter(ABC):
     """One anomaly-detection method behind the runner's interface.
 

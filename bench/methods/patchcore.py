@@ -15,7 +15,7 @@ from torch import nn
 
 from bench.data.loading import TrainData
 from bench.errors import ConfigError
-from bench.methods.base import MethodAdapter, Option, Phases
+from bench.methods.base import MethodAdapter, Option, Phases, scores_and_maps
 from bench.methods.coreset import greedy_coreset
 
 logger = logging.getLogger(__name__)
@@ -120,4 +120,4 @@ class Patchcore(MethodAdapter):
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         output = self.model(images)
-        return output.pred_score.reshape(-1), output.anomaly_map[:, 0]
+        return scores_and_maps(output)

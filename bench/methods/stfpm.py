@@ -22,7 +22,7 @@ from anomalib.models.image.stfpm.torch_model import STFPMModel
 from torch import nn
 
 from bench.data.loading import TrainData
-from bench.methods.base import MethodAdapter, Option, Phases
+from bench.methods.base import MethodAdapter, Option, Phases, scores_and_maps
 from bench.methods.training import check_training_options, train_epochs, training_options
 
 logger = logging.getLogger(__name__)
@@ -96,4 +96,4 @@ class Stfpm(MethodAdapter):
     def predict(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.eval()
         output = self.model(images)
-        return output.pred_score.reshape(-1), output.anomaly_map[:, 0]
+        return scores_and_maps(output)
