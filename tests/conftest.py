@@ -1,9 +1,15 @@
-"""Shared test fixtures: the real MVTec AD data beside the repository, when present."""
+"""Shared test fixtures: the real MVTec AD data beside the repository, when present, and the
+test PostgreSQL server that `make test` starts."""
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+
+from bench.schema.db import engine_url
 
 # An accidental hub download must fail at once instead of retrying for a minute; set before any
 # test imports huggingface_hub, which reads it at import time.
@@ -15,6 +21,9 @@ SHARED_DATA = Path(
 )
 MVTEC_ROOT = SHARED_DATA / "MVTecAD"
 VISA_SPLIT_CSV = SHARED_DATA / "VisA" / "split_csv" / "1cls.csv"
+
+POSTGRES_URL = os.environ.get("BENCH_TEST_POSTGRES_URL")
+NO_POSTGRES = "BENCH_TEST_POSTGRES_URL is not set; `make test` starts a PostgreSQL server and sets it"
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +64,18 @@ def make_bottle_subset(mvtec_root: Path, out: Path, n_train: int = 12, n_per_def
 def bottle_subset(mvtec_root: Path, tmp_path: Path) -> Path:
     """A dataset root in tmp_path with 12 training and 9 test images of the real `bottle`."""
     return make_bottle_subset(mvtec_root, tmp_path / "mvtec")
+
+
+@pytest.fixture
+def postgres_url():
+    """A new database on the test PostgreSQL server, dropped after the test."""
+    if not POSTGRES_URL:
+        pytest.skip(NO_POSTGRES)
+    name = f"bench_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(engine_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+    admin.dispose()

@@ -12,20 +12,15 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from bench.data.demo import write_demo_dataset
 from bench.runners.grid import GridSpec, expand, plan
 from bench.runners.runqueue import enqueue
 from bench.schema.db import engine_url, open_engine, session_factory
-
-POSTGRES_URL = os.environ.get("BENCH_TEST_POSTGRES_URL")
-NO_POSTGRES = "BENCH_TEST_POSTGRES_URL is not set; `make test` starts a PostgreSQL server and sets it"
 
 
 @pytest.fixture(scope="module")
@@ -34,21 +29,6 @@ def demo_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("demo")
     write_demo_dataset(root, size=64, n_train=8, n_test_good=3, n_test_per_defect=2)
     return root
-
-
-@pytest.fixture
-def postgres_url():
-    """A new database on the test PostgreSQL server, dropped after the test."""
-    if not POSTGRES_URL:
-        pytest.skip(NO_POSTGRES)
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(engine_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
 
 
 def grid_args(root: Path, db: str, runs_dir: Path, layers: list[str], seeds: range, *extra: str) -> list[str]:

@@ -8,12 +8,10 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import uuid
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import create_engine, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import select, text, update
 
 from bench.errors import ConfigError
 from bench.runners.config import RunConfig
@@ -22,29 +20,17 @@ from bench.runners.runqueue import (
     DONE, FAILED, PENDING, RUNNING, claim_next, enqueue, finish, heartbeat, mark_failed, release, utc_now,
 )
 from bench.runners.environment import host_name
-from bench.schema.db import engine_url, open_engine, session_factory
+from bench.schema.db import open_engine, session_factory
 from bench.schema.models import Metric, Run
 
-POSTGRES_URL = os.environ.get("BENCH_TEST_POSTGRES_URL")
-NO_POSTGRES = "BENCH_TEST_POSTGRES_URL is not set; `make test` starts a PostgreSQL server and sets it"
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def db_url(request, tmp_path):
     """A URL of an empty database: a SQLite file, or a new database on the test PostgreSQL server."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'queue.db'}"
-        return
-    if not POSTGRES_URL:
-        pytest.skip(NO_POSTGRES)
-    name = f"bench_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(engine_url(POSTGRES_URL), isolation_level="AUTOCOMMIT")
-    with admin.connect() as connection:
-        connection.execute(text(f'CREATE DATABASE "{name}"'))
-    yield make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
-    with admin.connect() as connection:
-        connection.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
-    admin.dispose()
+        return f"sqlite:///{tmp_path / 'queue.db'}"
+    return request.getfixturevalue("postgres_url")
 
 
 def planned_runs(count: int) -> list[PlannedRun]:
