@@ -75,9 +75,10 @@ def check_repeated_options(arguments: list[str]) -> None:
     """Raise ConfigError when an option that takes one value is given more than once.
 
     click keeps the last value of such an option without a word, so `--image-size 64
-    --image-size 96` would silently run at 96 px only; the grid axes are the options that repeat.
+    --image-size 96` would silently run at 96 px only. The grid axes are the options that repeat.
     """
-    # Typer 0.29 ships its own copy of click, so parameters are told apart by their fields.
+    # Typer 0.29 ships its own copy of click, so isinstance checks against click's classes fail
+    # and parameters are recognised by their fields instead.
     command = typer.main.get_command(app)
     position = 0
     while hasattr(command, "commands") and position < len(arguments):
@@ -89,7 +90,7 @@ def check_repeated_options(arguments: list[str]) -> None:
     options = [parameter for parameter in command.params if parameter.param_type_name == "option"]
     single = {name: parameter for parameter in options
               if not parameter.multiple and not parameter.is_flag and not parameter.count for name in parameter.opts}
-    given: dict[str, list[str]] = {}
+    values_by_option: dict[str, list[str]] = {}
     for index, token in enumerate(arguments[position:], start=position):
         if token == "--":
             break
@@ -97,8 +98,8 @@ def check_repeated_options(arguments: list[str]) -> None:
         if name in single:
             if not equals:
                 value = arguments[index + 1] if index + 1 < len(arguments) else ""
-            given.setdefault(single[name].opts[0], []).append(value)
-    for option, values in given.items():
+            values_by_option.setdefault(single[name].opts[0], []).append(value)
+    for option, values in values_by_option.items():
         if len(values) > 1:
             repeatable = sorted(opt for parameter in options if parameter.multiple
                                 for opt in parameter.opts if opt.startswith("--"))

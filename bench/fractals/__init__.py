@@ -10,7 +10,7 @@ Typical use:
 import importlib
 
 # Public name -> submodule. Submodules load on first use, because recipes and render import
-# torch and numba, which would slow every `bench` command that only needs one of them.
+# torch and numba, which would slow every `bench` command that needs neither.
 _EXPORTS = {
     "ExportResult": "export", "export_images": "export",
     "RECIPES": "catalog", "FractalDataset": "recipes", "FractalImages": "recipes", "RecipeSpec": "recipes",

@@ -1,4 +1,4 @@
-"""Names and default sizes of the fractal dataset recipes; importable without torch or numba."""
+"""Names and default sizes of the fractal dataset recipes, importable without torch or numba."""
 
 RECIPES = ("single", "multi-system", "ofdb", "multi-instance")
 

@@ -141,8 +141,8 @@ def _compare_method(table: ResultTable, comparison: ComparisonTable, method: str
     reported = [key[0] for key, (value, _) in lookup.items()
                 if key[1] == method and key[2] == weights and key[0] != MEAN_ROW and value is not None]
     if not both:
-        # No category has both values, so neither mean exists (the mean row's note says both
-        # means cover the same categories).
+        # No category has both values, so neither mean exists: the table's note defines both
+        # means over the same categories.
         comparison.cells[(MEAN_ROW, method)] = Comparison(None, None, None, "no category has both values")
         return
 
