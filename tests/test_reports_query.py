@@ -1,7 +1,6 @@
 """`bench query` and the DataFrame helpers: read-only access enforced by SQLite itself."""
 
 import hashlib
-import importlib.util
 
 import pandas as pd
 import pytest
@@ -69,13 +68,24 @@ def test_query_missing_database(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "none.db").exists()
 
 
-@pytest.mark.skipif(importlib.util.find_spec("pyarrow") is not None, reason="pyarrow is installed")
-def test_parquet_names_missing_package(study_db, tmp_path, monkeypatch, capsys):
-    code, _, err = run_cli(monkeypatch, capsys, "query", "SELECT id FROM runs", "--out",
-                           str(tmp_path / "runs.parquet"), "--db", str(study_db))
+def test_query_writes_parquet(study_db, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "tables" / "metrics.parquet"
+    sql = "SELECT run_id, name, value, null_reason FROM metrics ORDER BY run_id, name"
+    code, _, err = run_cli(monkeypatch, capsys, "query", sql, "--out", str(out), "--db", str(study_db))
+    assert code == 0, err
+
+    written = pd.read_parquet(out)
+    expected = query_frame(study_db, sql)
+    assert len(written) == 2 * N_RUNS
+    pd.testing.assert_frame_equal(written, expected)
+
+
+def test_parquet_needs_out_file(study_db, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "query", "SELECT id FROM runs", "--format", "parquet",
+                             "--db", str(study_db))
     assert code == 2
-    assert "pyarrow" in err
-    assert not (tmp_path / "runs.parquet").exists()
+    assert "--out FILE.parquet" in err
+    assert out == ""
 
 
 def test_query_frame_rejects_insert(study_db):

@@ -311,6 +311,7 @@ def query(
 
     frame = query_frame(db, sql)
     if output_format == "parquet":
+        out.parent.mkdir(parents=True, exist_ok=True)
         frame.to_parquet(out, index=False)
         console.print(f"wrote {len(frame)} rows to {out}")
         return
@@ -330,13 +331,8 @@ def query(
 
 
 def _check_parquet(out: Path | None) -> None:
-    import importlib.util
-
     if out is None:
-        raise ConfigError("--format parquet needs --out FILE.parquet")
-    if importlib.util.find_spec("pyarrow") is None and importlib.util.find_spec("fastparquet") is None:
-        raise ConfigError("Parquet output needs the package pyarrow (pip install pyarrow); "
-                          "or write CSV with --format csv")
+        raise ConfigError("--format parquet needs --out FILE.parquet, because Parquet is a binary format")
 
 
 def _frame_table(frame):
