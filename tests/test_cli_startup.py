@@ -1,5 +1,6 @@
 """The CLI starts without importing the heavy libraries that only some commands need."""
 
+import os
 import subprocess
 import sys
 
@@ -58,3 +59,15 @@ def test_repeated_axis_option_accepted():
 
     check_repeated_options(["run", "--method", "padim", "--method", "patchcore", "--seed", "0", "--seed", "1",
                             "--image-size", "64"])
+
+
+def test_help_shows_no_value_for_flags():
+    completed = subprocess.run([sys.executable, "-m", "bench", "fractals", "preview", "--help"],
+                               capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "120"})
+    assert completed.returncode == 0, completed.stderr
+
+    lines = completed.stdout.splitlines()
+    flag_lines = [line for line in lines if "--help" in line or "--no-augment" in line]
+    assert len(flag_lines) == 2
+    for line in flag_lines:
+        assert "<bool>" not in line
