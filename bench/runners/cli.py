@@ -121,14 +121,15 @@ def queue_grid(spec: GridSpec, options: QueueOptions, configs: list | None = Non
     """
     from bench.runners.grid import expand, plan
     from bench.runners.runqueue import DONE, FAILED, enqueue, split_running
-    from bench.schema.db import open_engine, session_factory
+    from bench.schema.db import open_engine, removed_if_created_on_error, session_factory
 
     if configs is None:
         configs = expand(spec)
-    engine = open_engine(options.db)
-    sessions = session_factory(engine)
-    with sessions() as session:
-        planned = plan(session, configs)
+    with removed_if_created_on_error(options.db):
+        engine = open_engine(options.db)
+        sessions = session_factory(engine)
+        with sessions() as session:
+            planned = plan(session, configs)
     queued = enqueue(sessions, planned, force=options.force, retry_failed=options.retry_failed)
 
     done = sum(1 for run in queued if run.status == DONE)

