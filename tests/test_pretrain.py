@@ -190,6 +190,20 @@ def test_bad_option_is_one_line(tmp_path):
     assert not (tmp_path / "bench.db").exists()
 
 
+@pytest.mark.parametrize(("name", "message"), [
+    ("", "invalid --name '': pass a non-empty name, for example fractals"),
+    ("imagenet", "invalid --name 'imagenet': random and imagenet are built-in weights"),
+])
+def test_invalid_name_is_one_line(tmp_path, name, message):
+    result = bench("pretrain", *TINY, "--name", name, "--db", str(tmp_path / "bench.db"), cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith(f"error: {message}")
+    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "bench.db").exists()
+
+
 def test_resume_matches_uninterrupted(tmp_path):
     config = lite_config()
     no_registry = Registration(None)

@@ -1,5 +1,6 @@
 """The weights registry, checkpoint checks and the EfficientNet-Lite0 key conversion."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,29 @@ def test_name_for_other_arch_suggests_backbone(session, tmp_path):
 def test_unknown_name_lists_known(session):
     with pytest.raises(WeightsError, match="unknown weights 'fractalz'; known: imagenet, random"):
         resolve_weights(session, "fractalz", "resnet18")
+
+
+@pytest.mark.parametrize(("mean", "std", "message"), [
+    ((124.0, 116.0, 104.0), None, "--mean values must be on the 0..1 pixel scale, got 124.0, 116.0, 104.0"),
+    ((-0.1,), None, "--mean values must be on the 0..1 pixel scale"),
+    (None, (58.0,), "--std values must be on the 0..1 pixel scale, got 58.0, 58.0, 58.0"),
+    (None, (0.0,), "--std values must be positive"),
+])
+def test_statistics_outside_unit_scale(session, tmp_path, mean, std, message):
+    path = save_resnet18(tmp_path / "a.pth", seed=1)
+    with pytest.raises(WeightsError, match=re.escape(message)):
+        add_weights(session, "mine", "resnet18", path, mean, std)
+    assert list_weights(session) == []
+
+
+@pytest.mark.parametrize(("name", "message"), [
+    ("", "invalid weights name '': pass a non-empty NAME"),
+    ("random", "the name 'random' is reserved for seeded initialisation; choose another NAME"),
+])
+def test_invalid_names_rejected(session, tmp_path, name, message):
+    path = save_resnet18(tmp_path / "a.pth", seed=1)
+    with pytest.raises(WeightsError, match=re.escape(message)):
+        add_weights(session, name, "resnet18", path)
 
 
 def test_checkpoint_statistics_are_kept(session, tmp_path):

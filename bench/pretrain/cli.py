@@ -66,7 +66,9 @@ def pretrain_command(
     from bench.pretrain.config import RESERVED_NAMES, RuntimeOptions, parse_channels, parse_objects, resolve_config
     from bench.pretrain.train import Registration, is_primary_process, resume_run, start_run
 
-    if register and (not name or name in RESERVED_NAMES):
+    if register and not (name or "").strip():
+        raise ConfigError(f"invalid --name {name!r}: pass a non-empty name, for example fractals")
+    if register and name in RESERVED_NAMES:
         raise ConfigError(f"invalid --name {name!r}: {' and '.join(RESERVED_NAMES)} are built-in weights; choose another name, for example fractals")
     options = {
         "arch": arch, "recipe": recipe, "classes": classes, "image_size": image_size, "epochs": epochs,

@@ -85,8 +85,14 @@ def _validate_stats(values: tuple[float, ...] | None, label: str) -> tuple[float
         values = tuple(values) * 3
     if len(values) != 3:
         raise WeightsError(f"--{label} takes 1 or 3 values (one per RGB channel), got {len(values)}")
+    values_text = ", ".join(map(str, values))
     if label == "std" and min(values) <= 0:
-        raise WeightsError(f"--std values must be positive, got {', '.join(map(str, values))}")
+        raise WeightsError(f"--std values must be positive, got {values_text}")
+    # Statistics on the 0..1 pixel scale; a value above 1 means 0..255 statistics were passed.
+    if label == "mean" and not all(0 <= value <= 1 for value in values):
+        raise WeightsError(f"--mean values must be on the 0..1 pixel scale, got {values_text}; divide 0..255 values by 255")
+    if label == "std" and max(values) > 1:
+        raise WeightsError(f"--std values must be on the 0..1 pixel scale, got {values_text}; divide 0..255 values by 255")
     return (float(values[0]), float(values[1]), float(values[2]))
 
 
@@ -107,8 +113,10 @@ def add_weights(
     """
     from bench.weights.loading import read_checkpoint, validate_backbone_state
 
+    if not name.strip():
+        raise WeightsError("invalid weights name '': pass a non-empty NAME, for example fractals")
     if name == RANDOM:
-        raise WeightsError("the name 'random' is reserved for seeded initialisation; choose another --name")
+        raise WeightsError("the name 'random' is reserved for seeded initialisation; choose another NAME")
     architecture = get_architecture(arch)
     path = path.expanduser().resolve()
     if not path.is_file():
