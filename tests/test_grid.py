@@ -88,6 +88,30 @@ def test_grid_file_errors_name_key(tmp_path, content, message):
     assert str(path) in str(raised.value)
 
 
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"options": "[options.patchcore]\ncoreset_ratio = 0.01"},
+     "table [options.patchcore] names method 'patchcore', which is not in key 'method' (padim)"),
+    ({"options": "[options]\ncoreset_ratio = 0.01"}, "table [options]: unknown option 'coreset_ratio' for padim"),
+    ({"layers": 'layers = ["5"]'}, "invalid value in key 'layers' '5'; levels must be in 1..4"),
+    ({"options": "[options]\nn_features = -1"}, "invalid option n_features=-1"),
+    ({"backbone": 'backbone = ["resnet181"]'}, "resnet181"),
+])
+def test_grid_values_name_file(demo_root, tmp_path, changes, message):
+    lines = {"method": 'method = ["padim"]', "backbone": 'backbone = ["resnet18"]', "weights": 'weights = ["random"]',
+             "category": 'category = ["all"]', "root": f'root = "{demo_root}"', "layers": 'layers = ["2"]',
+             "options": ""}
+    lines.update(changes)
+    path = tmp_path / "grid.toml"
+    path.write_text("\n".join(lines.values()) + "\n")
+
+    with pytest.raises(ConfigError) as raised:
+        expand(load_grid_file(path))
+    assert str(raised.value).startswith(f"{path}: ")
+    assert message in str(raised.value)
+    assert "--option" not in str(raised.value)
+    assert "--layers" not in str(raised.value)
+
+
 def test_grid_file_requires_keys(tmp_path):
     path = tmp_path / "grid.toml"
     path.write_text('method = ["padim"]\nweights = ["random"]\ncategory = ["all"]\n')

@@ -47,6 +47,11 @@ class GridSpec:
     save_maps: bool = True
     source: str = "command line"
 
+    @property
+    def from_file(self) -> bool:
+        """Whether the grid came from a grid file, whose keys error messages then name."""
+        return self.source != "command line"
+
 
 @dataclass(frozen=True)
 class PlannedRun:
@@ -83,8 +88,11 @@ class PlannedRun:
         }
 
 
-def parse_method_options(texts: list[str], methods: list[str]) -> dict[str, dict[str, object]]:
-    """Split `key=value` and `method.key=value` texts into resolved options per method."""
+def parse_method_options(texts: list[str], methods: list[str], grid_file: str | None = None) -> dict[str, dict[str, object]]:
+    """Split `key=value` and `method.key=value` texts into resolved options per method.
+
+    `grid_file` is the grid file the texts came from, so that errors name its tables instead of --option.
+    """
     from bench.methods import get_method
 
     given: dict[str, dict[str, str]] = {method: {} for method in methods}
@@ -94,13 +102,17 @@ def parse_method_options(texts: list[str], methods: list[str]) -> dict[str, dict
             raise ConfigError(f"invalid --option '{text}'; write key=value or method.key=value, e.g. coreset_ratio=0.01")
         scope, dot, name = key.rpartition(".")
         if dot:
+            if scope not in given and grid_file:
+                raise ConfigError(f"{grid_file}: table [options.{scope}] names method '{scope}', which is not in "
+                                  f"key 'method' ({', '.join(methods)})")
             if scope not in given:
                 raise ConfigError(f"--option '{text}' names method '{scope}', which is not among --method {', '.join(methods)}")
             given[scope][name] = value
             continue
         targets = [method for method in methods if name in get_method(method).options]
         if not targets:
-            raise ConfigError(f"unknown option '{name}' for {', '.join(methods)}; see `bench methods show NAME`")
+            where = f"{grid_file}: table [options]: " if grid_file else ""
+            raise ConfigError(f"{where}unknown option '{name}' for {', '.join(methods)}; see `bench methods show NAME`")
         for method in targets:
             given[method][name] = value
     return {method: get_method(method).resolve_options(options) for method, options in given.items()}
@@ -114,7 +126,7 @@ def _eval_size(spec: GridSpec) -> int:
         return ORIGINAL
     if text.isdigit() and int(text) >= 16:
         return int(text)
-    raise ConfigError(f"invalid --eval-size '{text}' ({spec.source}); pass a size in pixels (>= 16) or 'original'")
+    raise ConfigError(f"invalid evaluation size '{text}'; pass a size in pixels (>= 16) or 'original'")
 
 
 def expand(spec: GridSpec) -> list[RunConfig]:
@@ -123,16 +135,26 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     Datasets are loaded (and so validated) here, before any database is opened, so a typo never
     costs a half-finished grid. Repeated axis values count once.
     """
+    try:
+        return _expand(spec)
+    except ConfigError as error:
+        # Every problem in a grid file names the file, also those found by shared validation code.
+        if spec.from_file and not str(error).startswith(spec.source):
+            raise ConfigError(f"{spec.source}: {error}") from None
+        raise
+
+
+def _expand(spec: GridSpec) -> list[RunConfig]:
     from bench.data import list_dataset_categories, load_dataset
     from bench.methods import get_method
     from bench.weights.architectures import get_architecture, parse_levels
 
     if spec.image_size < 32:
-        raise ConfigError(f"invalid image size {spec.image_size} ({spec.source}); pass at least 32 pixels")
+        raise ConfigError(f"invalid image size {spec.image_size}; pass at least 32 pixels")
     if spec.batch_size < 1:
-        raise ConfigError(f"invalid batch size {spec.batch_size} ({spec.source}); pass at least 1")
+        raise ConfigError(f"invalid batch size {spec.batch_size}; pass at least 1")
     if spec.train_shots is not None and spec.train_shots < 1:
-        raise ConfigError(f"invalid train shots {spec.train_shots} ({spec.source}); pass at least 1 or leave it unset")
+        raise ConfigError(f"invalid train shots {spec.train_shots}; pass at least 1 or leave it unset")
 
     methods = list(dict.fromkeys(spec.method))
     backbones = list(dict.fromkeys(spec.backbone))
@@ -142,9 +164,10 @@ def expand(spec: GridSpec) -> list[RunConfig]:
         get_method(name)
     for name in backbones:
         get_architecture(name)
-    options = parse_method_options(spec.options, methods)
+    options = parse_method_options(spec.options, methods, spec.source if spec.from_file else None)
     evaluation = _eval_size(spec)
-    level_sets = [tuple(parse_levels(text)) for text in dict.fromkeys(spec.layers)] if spec.layers else None
+    label = "value in key 'layers'" if spec.from_file else "--layers"
+    level_sets = [tuple(parse_levels(text, label)) for text in dict.fromkeys(spec.layers)] if spec.layers else None
     # A backbone or level set that a method cannot take fails here, before any run is queued.
     for method_name in methods:
         method = get_method(method_name)
@@ -158,11 +181,11 @@ def expand(spec: GridSpec) -> list[RunConfig]:
         categories += list_dataset_categories(spec.dataset, root) if name == "all" else [name]
     categories = list(dict.fromkeys(categories))
     if not categories:
-        raise ConfigError(f"no categories found in {root}; check the dataset root ({spec.source})")
+        raise ConfigError(f"no categories found in {root}; check the dataset root")
     for name in categories:
         loaded = load_dataset(spec.dataset, root, name)
         if spec.train_shots is not None and spec.train_shots > len(loaded.train):
-            raise ConfigError(f"invalid --train-shots {spec.train_shots}; {name} has {len(loaded.train)} training images")
+            raise ConfigError(f"invalid train shots {spec.train_shots}; {name} has {len(loaded.train)} training images")
 
     configs = []
     for method_name, backbone_name, weights_name, category_name in itertools.product(

@@ -59,12 +59,15 @@ def get_architecture(name: str) -> Architecture:
         raise ConfigError(f"unknown backbone '{name}'; supported backbones: {known}") from None
 
 
-def parse_levels(text: str) -> list[int]:
-    """Parse a hierarchy specification such as "1,2,3" into sorted unique levels in 1..4."""
+def parse_levels(text: str, label: str = "--layers") -> list[int]:
+    """Parse a hierarchy specification such as "1,2,3" into sorted unique levels in 1..4.
+
+    `label` names the input in error messages, for example "value in key 'layers'" for a grid file.
+    """
     try:
         levels = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
-        raise ConfigError(f"invalid --layers '{text}'; pass hierarchy levels 1..4 such as 2,3") from None
+        raise ConfigError(f"invalid {label} '{text}'; pass hierarchy levels 1..4 such as 2,3") from None
     if not levels or levels[0] < 1 or levels[-1] > 4:
-        raise ConfigError(f"invalid --layers '{text}'; levels must be in 1..4 (stride 4, 8, 16, 32)")
+        raise ConfigError(f"invalid {label} '{text}'; levels must be in 1..4 (stride 4, 8, 16, 32)")
     return levels
