@@ -515,6 +515,15 @@ def test_check_empty_root(tmp_path):
     assert str(result.exception).startswith(f"no category folders found in {tmp_path}")
 
 
+def test_check_category_folder_as_root(tmp_path):
+    (tmp_path / "bottle" / "train" / "good").mkdir(parents=True)
+
+    result = CliRunner().invoke(app, ["check", "--root", str(tmp_path / "bottle")])
+
+    assert isinstance(result.exception, DatasetError)
+    assert "it contains train/good itself, so pass its parent folder as --root and --category bottle" in str(result.exception)
+
+
 def test_check_unsupported_dataset(tmp_path):
     result = CliRunner().invoke(app, ["check", "--dataset", "kolektor", "--root", str(tmp_path)])
 

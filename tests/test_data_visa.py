@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from bench.data import list_dataset_categories, load_dataset
 from bench.data.cli import app
+from bench.data.demo import write_demo_dataset
 from bench.data.images import load_mask
 from bench.data.visa import (
     MARKER_NAME,
@@ -374,6 +375,18 @@ def test_unprepared_root_message(raw_visa):
         load_dataset("visa", root, "candle")
 
     assert str(caught.value).startswith(f"VisA in {root} is not prepared (run `bench data prepare visa --root {root}`")
+
+
+def test_mvtec_layout_without_marker_message(tmp_path):
+    root = tmp_path / "demo"
+    write_demo_dataset(root, size=64, n_train=2, n_test_good=1, n_test_per_defect=1)
+
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("visa", root, "weave")
+
+    message = str(caught.value)
+    assert message.startswith(f"{root} has category folders but no {MARKER_NAME}")
+    assert "pass --dataset mvtec or --dataset folder" in message
 
 
 def test_unknown_object_message(raw_visa):

@@ -64,6 +64,9 @@ def check(
 
     if category is None:
         categories = list_dataset_categories(dataset, root)
+        if not categories and (root / "train" / "good").is_dir():
+            raise DatasetError(f"no category folders found in {root}: it contains train/good itself, so pass its "
+                               f"parent folder as --root and --category {root.name}")
         if not categories:
             raise DatasetError(
                 f"no category folders found in {root}: none contains train/good "

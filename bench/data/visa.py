@@ -289,9 +289,9 @@ def resolve_prepared_root(root: Path) -> Path:
 
     if list_categories(root):
         raise DatasetError(
-            f"VisA preparation in {root} is incomplete: {MARKER_NAME} is missing because it was interrupted, is "
-            "still running or was done by another tool (run `bench data prepare visa --root <raw VisA folder> "
-            f"--out {root}` to finish it)"
+            f"{root} has category folders but no {MARKER_NAME}, which `bench data prepare visa` writes when it "
+            "has finished: for another dataset in the MVTec AD layout pass --dataset mvtec or --dataset folder; "
+            f"for VisA, finish the preparation with `bench data prepare visa --root <raw VisA folder> --out {root}`"
         )
 
     if _raw_objects(root):

@@ -78,7 +78,7 @@ def sample(
 ) -> None:
     """Draw IFS systems and save them, with the sampler settings and seed, to an npz file."""
     map_range = parse_map_range(n_maps)
-    _check_positive("system count", systems, "100000")
+    _check_positive("system count", systems, "1000")
     if sampler not in SAMPLERS:
         raise ConfigError(f"unknown sampler {sampler!r}: use one of {', '.join(SAMPLERS)}")
     if out.suffix != ".npz":
