@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from bench.errors import BenchError, ConfigError
 
@@ -108,15 +109,36 @@ def check_repeated_options(arguments: list[str]) -> None:
                               f"pass it once{hint}")
 
 
+# typer 0.28 bundles its own copy of click, so the base class of its usage errors comes from the
+# class hierarchy of an exception that typer exports.
+ClickException = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
+
+
 def main() -> None:
-    """Run the CLI; a BenchError becomes one line on stderr and its exit code (2)."""
+    """Run the CLI; a BenchError or a usage error becomes one line on stderr and exit code 2."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         check_repeated_options(sys.argv[1:])
-        app()
+        code = app(standalone_mode=False, prog_name="bench")
     except BenchError as error:
         error_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
         sys.exit(error.exit_code)
+    except ClickException as error:
+        _exit_usage_error(error)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _exit_usage_error(error: Exception) -> None:
+    """Print a click usage error as one line that names the command's help, then exit with its code."""
+    if type(error).__name__ == "NoArgsIsHelpError":
+        # A group called without a command: typer has already printed the group's help.
+        sys.exit(error.exit_code)
+
+    context = getattr(error, "ctx", None)
+    hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+    message = " ".join(error.format_message().split())
+    error_console.print(f"[red]error:[/red] {escape(message)}{hint}", highlight=False, soft_wrap=True)
+    sys.exit(error.exit_code)
 
 
 _mount_commands()

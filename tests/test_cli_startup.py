@@ -71,3 +71,32 @@ def test_help_shows_no_value_for_flags():
     assert len(flag_lines) == 2
     for line in flag_lines:
         assert "<bool>" not in line
+
+
+def bench_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bench", *arguments], capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.parametrize(("arguments", "line"), [
+    (["run", "--image-size", "16"],
+     "error: Invalid value for '--image-size': 16 is not in the range x>=32. (see `bench run --help`)"),
+    (["data", "check"], "error: Missing option '--root'. (see `bench data check --help`)"),
+    (["runn"], "error: No such command 'runn'. Did you mean 'run'? (see `bench --help`)"),
+])
+def test_usage_error_is_one_line(arguments, line):
+    completed = bench_cli(*arguments)
+    assert completed.returncode == 2
+    assert completed.stderr.splitlines() == [line]
+    assert completed.stdout == ""
+
+
+def test_group_without_command_shows_help():
+    completed = bench_cli("data")
+    assert completed.returncode == 2
+    assert "Usage: bench data [OPTIONS] COMMAND" in completed.stdout
+    assert completed.stderr == ""
+
+
+def test_help_and_version_exit_zero():
+    assert bench_cli("status", "--help").returncode == 0
+    assert bench_cli("--version").returncode == 0
