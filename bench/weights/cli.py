@@ -52,8 +52,8 @@ def add_command(
     name: Annotated[str, typer.Argument(help="Name to register the weights under, e.g. fractals.")],
     arch: Annotated[str, typer.Option("--arch", help="Backbone architecture of the checkpoint.")],
     file: Annotated[Path, typer.Option("--file", help="Checkpoint file (state dict, or bench pretrain output).")],
-    mean: Annotated[list[float] | None, typer.Option("--mean", help="Per-channel input mean on the 0..1 scale the weights were trained with; 1 or 3 values. Default: the checkpoint's own, else ImageNet's.")] = None,
-    std: Annotated[list[float] | None, typer.Option("--std", help="Per-channel input std on the 0..1 scale; 1 or 3 values. Default: the checkpoint's own, else ImageNet's.")] = None,
+    mean: Annotated[list[float] | None, typer.Option("--mean", help="Per-channel input mean on the 0..1 scale the weights were trained with: once for all channels, or three times for R, G, B (--mean 0.485 --mean 0.456 --mean 0.406). Default: the checkpoint's own, else ImageNet's.")] = None,
+    std: Annotated[list[float] | None, typer.Option("--std", help="Per-channel input std on the 0..1 scale: once for all channels, or three times for R, G, B. Default: the checkpoint's own, else ImageNet's.")] = None,
     db: DbOption = None,
 ) -> None:
     """Register a local checkpoint; `--weights NAME` then resolves to the newest registration."""
