@@ -182,3 +182,37 @@ def test_groups_add_other():
 
     groups = assign_groups("mvtec", ["carpet", "bottle", "weave"])
     assert groups == {"textures": ["carpet"], "objects": ["bottle"], "other": ["weave"]}
+
+
+def test_qualitative_seed_help():
+    import typer
+
+    from bench.cli import app
+
+    command = typer.main.get_command(app).commands["figure"].commands["qualitative"]
+    (seed,) = [parameter for parameter in command.params if parameter.name == "seed"]
+    assert "lowest seed" in seed.help
+    assert "mean" not in seed.help
+
+
+def test_report_all_lists_missing_maps(maps_db, tmp_path, monkeypatch, capsys):
+    with session_factory(open_engine(maps_db))() as session, session.begin():
+        # PaDiM stored no maps, and its random runs add a source that PatchCore lacks.
+        for weights in ("imagenet", "random"):
+            add_run(session, method="padim", weights=weights, category="bottle", metrics={"image_auroc": 0.9})
+        # CutPaste has maps for one of its two sources only.
+        maps = write_maps(tmp_path / "maps_cutpaste.npz", [0, 1], [0.1, 0.9])
+        add_run(session, method="cutpaste", weights="imagenet", category="bottle", maps_path=maps,
+                metrics={"image_auroc": 1.0})
+        add_run(session, method="cutpaste", weights="fractals", category="bottle", metrics={"image_auroc": 1.0})
+    out = tmp_path / "reports"
+    code, printed, err = run_cli(monkeypatch, capsys, "report", "--all", "--resamples", "500", "--out", str(out),
+                                 "--db", str(maps_db))
+    assert code == 0, err
+    index = (out / "index.md").read_text()
+    assert (out / "figures" / "qualitative_mvtec_patchcore_bottle.png").is_file()
+    assert ("not drawn or incomplete: no padim run on mvtec stored anomaly maps (runs.maps_path is empty); "
+            "rerun them with --save-maps") in index
+    assert ("not drawn or incomplete: no mvtec category has cutpaste maps for every weights source "
+            "(imagenet, fractals); categories with maps: imagenet in 1, fractals in 0") in index
+    assert "incomplete: mvtec: padim, maps and masks" in printed

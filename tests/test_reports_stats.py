@@ -158,3 +158,50 @@ def test_report_ci_needs_image_auroc(study_db, monkeypatch, capsys):
                            str(study_db))
     assert code == 2
     assert "--ci applies to image AUROC only" in err
+
+
+def write_imagenet_random_db(path):
+    with session_factory(open_engine(path))() as session, session.begin():
+        for category in ("bottle", "cable"):
+            for weights, value in (("imagenet", 0.9), ("random", 0.6)):
+                add_run(session, method="padim", weights=weights, category=category, metrics={"image_auroc": value})
+    return path
+
+
+def test_report_unknown_treatment_rejected(study_db, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--table", "auroc", "--treatment", "fractal",
+                             "--resamples", "500", "--db", str(study_db))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    assert "--treatment 'fractal'" in err
+    assert "choose one of: fractals, imagenet" in err
+    assert out == ""
+
+
+def test_report_all_unknown_treatment_rejected(study_db, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "reports"
+    code, _, err = run_cli(monkeypatch, capsys, "report", "--all", "--treatment", "fractal", "--out", str(out),
+                           "--db", str(study_db))
+    assert code == 2
+    assert "--treatment 'fractal'" in err
+    assert not (out / "index.html").exists()
+
+
+def test_default_treatment_missing_notes(tmp_path, monkeypatch, capsys):
+    path = write_imagenet_random_db(tmp_path / "results.db")
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--table", "auroc", "--format", "markdown",
+                             "--resamples", "500", "--db", str(path))
+    assert code == 0, err
+    assert "| bottle | **90.0**/60.0 |" in out
+    assert "paired differences" not in out
+    assert "no paired statistics" in err
+    assert "--treatment with one of: imagenet, random" in err
+
+
+def test_given_treatment_is_compared(tmp_path, monkeypatch, capsys):
+    path = write_imagenet_random_db(tmp_path / "results.db")
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--table", "auroc", "--format", "markdown",
+                             "--treatment", "random", "--resamples", "500", "--db", str(path))
+    assert code == 0, err
+    assert "| padim | random − imagenet | 2 |" in out
+    assert "no paired statistics" not in err

@@ -309,3 +309,98 @@ def test_table_notes_several_roots(tmp_path):
                 metrics={"image_auroc": 0.8})
     tables, _ = build_tables(open_engine(path), "image_auroc")
     assert "dataset roots: /data/demo (washer); /data/mvtec (bottle); select one with --root" in tables[0].settings
+
+
+@pytest.mark.parametrize(("option", "value", "held"), [
+    ("--method", "padm", "cutpaste, padim, patchcore"),
+    ("--weights", "fractal", "fractals, imagenet"),
+    ("--backbone", "resnet181", "resnet18"),
+    ("--layers", "3,4", "1,2,3; 2,3"),
+    ("--train-shots", "5", "0 (full training set)"),
+])
+def test_report_filter_typo_named(study_db, option, value, held, monkeypatch, capsys):
+    code, out, err = run_cli(monkeypatch, capsys, "report", "--table", "auroc", option, value, "--db", str(study_db))
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1
+    label = option.removeprefix("--").replace("-", " ")
+    assert f"no finished runs with {label} '{value}'; the database has: {held}" in err
+    assert out == ""
+
+
+def test_report_one_of_two_methods_unknown(study_db, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "report", "--method", "padim", "--method", "padm",
+                           "--db", str(study_db))
+    assert code == 2
+    assert "no finished runs with method 'padm'" in err
+
+
+def test_figure_filter_typo_named(study_db, tmp_path, monkeypatch, capsys):
+    code, _, err = run_cli(monkeypatch, capsys, "figure", "spider", "--weights", "fractal",
+                           "--out", str(tmp_path / "spider"), "--db", str(study_db))
+    assert code == 2
+    assert "no finished runs with weights 'fractal'; the database has: fractals, imagenet" in err
+    code, _, err = run_cli(monkeypatch, capsys, "figure", "qualitative", "--dataset", "mvtec", "--category", "botle",
+                           "--method", "patchcore", "--out", str(tmp_path / "q"), "--db", str(study_db))
+    assert code == 2
+    assert "no finished runs with category 'botle'; the database has: bottle, cable, carpet, grid" in err
+    assert not list(tmp_path.iterdir())
+
+
+def test_compare_no_pairs_note_names_method(tmp_path):
+    path = tmp_path / "results.db"
+    with session_factory(open_engine(path))() as session, session.begin():
+        add_run(session, method="padim", weights="imagenet", category="bottle", metrics={"image_auroc": 0.997})
+        add_run(session, method="patchcore", weights="imagenet", category="washer", metrics={"image_auroc": 0.9})
+    tables, _ = build_tables(open_engine(path), "image_auroc")
+    (comparison,) = build_comparisons(tables[0])
+    grid = comparison_grid(comparison)
+    assert comparison.cells[("bottle", "padim")].difference == pytest.approx(-0.001)
+    assert "mean row of patchcore: no mean, because no category has both our value and a published value" in grid.notes
+    assert not any("padim" in note for note in grid.notes)
+    assert not any(note.startswith("published value missing") for note in grid.notes)
+
+
+def test_compare_missing_published_names_cell(tmp_path):
+    path = tmp_path / "results.db"
+    with session_factory(open_engine(path))() as session, session.begin():
+        for category in ("carpet", "grid"):
+            add_run(session, method="fastflow", weights="imagenet", category=category, metrics={"aupro": 0.9})
+    tables, _ = build_tables(open_engine(path), "aupro")
+    (comparison,) = build_comparisons(tables[0])
+    notes = comparison_grid(comparison).notes
+    missing = [note for note in notes if note.startswith("published value missing")]
+    assert len(missing) == 1
+    assert missing[0].startswith("published value missing for carpet/fastflow: ")
+    assert "1.21" in missing[0]
+    assert not any(note.startswith("mean row of") for note in notes)
+
+
+def test_mean_row_unmarked_for_fewer_categories(tmp_path):
+    path = tmp_path / "results.db"
+    with session_factory(open_engine(path))() as session, session.begin():
+        for category in ("bottle", "cable", "carpet"):
+            add_run(session, method="padim", weights="imagenet", category=category, metrics={"image_auroc": 0.9})
+        add_run(session, method="padim", weights="fractals", category="bottle", metrics={"image_auroc": 0.95})
+        for category in ("bottle", "cable", "carpet"):
+            for weights in ("imagenet", "fractals"):
+                add_run(session, method="patchcore", weights=weights, category=category,
+                        metrics={"image_auroc": 0.8 if weights == "imagenet" else 0.7})
+    (table,) = build_tables(open_engine(path), "image_auroc")[0]
+    assert table.cells[(MEAN_ROW, "padim")].best == set()
+    assert table.cells[(MEAN_ROW, "patchcore")].best == {"imagenet"}
+    assert table.uncompared_means == ["padim"]
+    notes = result_grid(table).notes
+    assert ("mean row of padim: no source is bold, because the sources' means cover different categories and "
+            "are not comparable") in notes
+
+
+def test_mean_row_unmarked_for_other_categories(tmp_path):
+    # Both means cover two categories, but not the same two.
+    path = tmp_path / "results.db"
+    with session_factory(open_engine(path))() as session, session.begin():
+        for weights, categories in (("imagenet", ("bottle", "cable")), ("fractals", ("bottle", "carpet"))):
+            for category in categories:
+                add_run(session, method="padim", weights=weights, category=category, metrics={"image_auroc": 0.9})
+    (table,) = build_tables(open_engine(path), "image_auroc")[0]
+    assert table.cells[(MEAN_ROW, "padim")].best == set()
+    assert table.uncompared_means == ["padim"]

@@ -38,9 +38,12 @@ class Entry:
 
 @dataclass
 class BundleOptions:
-    """Settings of `--all` beyond the tables: the statistics and whether to add intervals and figures."""
+    """Settings of `--all` beyond the tables: the statistics and whether to add intervals and figures.
 
-    treatment: str = "fractals"
+    With `treatment` None, no paired statistics of our runs are written.
+    """
+
+    treatment: str | None = "fractals"
     resamples: int = 10_000
     intervals: bool = True
     figures: bool = True
@@ -102,7 +105,7 @@ def _table_entries(table: ResultTable, out: Path, options: BundleOptions) -> lis
     entries = [Entry("tables", label, _write_grids([grid], out / "tables" / name, to_csv(table), text=True),
                      to_html(grid))]
 
-    tests = paired_tests(table, options.treatment, options.resamples)
+    tests = paired_tests(table, options.treatment, options.resamples) if options.treatment is not None else []
     if tests:
         grid = stats_grid(tests, table.dataset, table.metric, options.resamples)
         entries.append(Entry("statistics", f"{label}, paired differences",
@@ -210,14 +213,19 @@ def _qualitative_entries(engine: Engine, filters: RunFilter, figures: Path,
     frame = load_results(engine, "image_auroc", filters)
     if frame.empty:
         return []
-    frame = frame[frame["maps_path"].notna()].assign(source=source_names(frame))
+    frame = frame.assign(source=source_names(frame))
     entries = []
     for table in tables:
         for method in table.methods:
             runs = frame[(frame["dataset"] == table.dataset) & (frame["method"] == method)]
-            complete = [category for category, group in runs.groupby("category")
-                        if set(group["source"]) == set(table.sources)]
+            # The figure needs one category with maps for every weights source of this method.
+            sources = sorted(set(runs["source"]), key=source_rank)
+            with_maps = runs[runs["maps_path"].notna()]
+            complete = [category for category, group in with_maps.groupby("category")
+                        if set(group["source"]) == set(sources)]
             if not complete:
+                entries.append(Entry("figures", f"{table.dataset}: {method}, maps and masks",
+                                     skipped=_missing_maps_reason(table.dataset, method, sources, with_maps)))
                 continue
             category = sorted(complete)[0]
             stem = figures / f"qualitative_{table.dataset}_{method}_{category}"
@@ -225,6 +233,16 @@ def _qualitative_entries(engine: Engine, filters: RunFilter, figures: Path,
                                    lambda dataset=table.dataset, method=method, category=category, stem=stem:
                                    qualitative_figure(engine, filters, dataset, category, method, stem)))
     return entries
+
+
+def _missing_maps_reason(dataset: str, method: str, sources: list[str], with_maps: pd.DataFrame) -> str:
+    if with_maps.empty:
+        return (f"no {method} run on {dataset} stored anomaly maps (runs.maps_path is empty); "
+                "rerun them with --save-maps")
+    counts = with_maps.groupby("source")["category"].nunique()
+    stored = ", ".join(f"{source} in {int(counts.get(source, 0))}" for source in sources)
+    return (f"no {dataset} category has {method} maps for every weights source ({', '.join(sources)}); "
+            f"categories with maps: {stored}")
 
 
 def write_index(entries: list[Entry], out: Path) -> list[Path]:

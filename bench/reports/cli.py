@@ -12,6 +12,8 @@ from bench.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 console = Console()
+# Notes that are not part of the requested output go to stderr, so piped Markdown or CSV stays clean.
+note_console = Console(stderr=True)
 
 DbOption = Annotated[
     str | None,
@@ -23,6 +25,8 @@ LayersOption = Annotated[str | None, typer.Option("--layers", help="Only runs wi
 ImageSizeOption = Annotated[int | None, typer.Option("--image-size", help="Only runs with this model input size, in pixels.")]
 EvalSizeOption = Annotated[int | None, typer.Option("--eval-size", help="Only runs whose pixel metrics were computed at this size, in pixels (0: original resolution).")]
 SeedOption = Annotated[int | None, typer.Option("--seed", help="Only runs with this seed (default: mean±std over seeds).")]
+FigureSeedOption = Annotated[int | None, typer.Option("--seed", help="Only runs with this seed (default: mean over seeds).")]
+QualitativeSeedOption = Annotated[int | None, typer.Option("--seed", help="Draw the runs with this seed (default: the lowest seed of each weights source).")]
 ShotsOption = Annotated[int | None, typer.Option("--train-shots", help="Only few-shot runs with this many training images; 0 selects runs on the full training set.")]
 RootOption = Annotated[str | None, typer.Option("--root", help="Only runs on this dataset root, as stored in runs.root.")]
 MethodOption = Annotated[list[str] | None, typer.Option("--method", help="Only this method; repeat for several.")]
@@ -61,7 +65,7 @@ def report(
     weights: WeightsFilterOption = None,
     compare: Annotated[str | None, typer.Option("--compare", help="published: show per cell ours / the fractal study's number (ours − published), and the paired statistics of the published numbers.")] = None,
     stats: Annotated[bool, typer.Option("--stats/--no-stats", help="Print paired statistics (Wilcoxon signed-rank test, bootstrap 95% CI) under the tables; not in csv.")] = True,
-    treatment: Annotated[str, typer.Option("--treatment", help="Weights source compared with every other source in the statistics.")] = "fractals",
+    treatment: Annotated[str | None, typer.Option("--treatment", help="Weights source compared with every other source in the statistics (default: fractals, where the runs have it).")] = None,
     resamples: Annotated[int, typer.Option("--resamples", min=100, help="Bootstrap resamples of the paired CI across categories.")] = 10_000,
     ci: Annotated[bool, typer.Option("--ci", help="Add per-category bootstrap 95% CIs of image AUROC over test images (reads each run's maps file; --table auroc). With --format csv, only the intervals are written.")] = False,
     write_all: Annotated[bool, typer.Option("--all", help="Write every table, statistic and figure with index.html and index.md to --out (default: reports/).")] = False,
@@ -72,7 +76,7 @@ def report(
     Values are percent; the database stores fractions. Figures: see `bench figure --help`.
     """
     from bench.reports.render import FORMATS
-    from bench.reports.tables import TABLES
+    from bench.reports.tables import TABLES, check_filters
     from bench.schema.db import open_existing_engine
 
     if table not in TABLES:
@@ -83,11 +87,14 @@ def report(
         raise ConfigError(f"unknown --compare '{compare}'; the only choice is published")
     filters = _filters(dataset, backbone, layers, image_size, eval_size, seed, train_shots, root, method, weights)
     engine = open_existing_engine(db)
+    check_filters(engine, filters)
 
     if write_all:
         _write_all(engine, filters, out, treatment, resamples)
         return
 
+    # CSV output never contains the statistics.
+    stats = stats and output_format != "csv"
     grids, csv_text = _report_grids(engine, TABLES[table], filters, compare, stats, treatment, resamples, ci)
     _emit(grids, csv_text, output_format, out)
 
@@ -101,6 +108,8 @@ def _report_grids(engine, metric, filters, compare, stats, treatment, resamples,
     tables, frame = build_tables(engine, metric, filters)
     if not tables:
         raise ConfigError(f"no finished runs with {metric} in {engine.url} for these filters; run `bench run` first")
+    if stats:
+        treatment = _treatment({source.split(":")[0] for result in tables for source in result.sources}, treatment)
 
     grids, csv_parts = [], []
     for result in tables:
@@ -115,14 +124,14 @@ def _report_grids(engine, metric, filters, compare, stats, treatment, resamples,
         else:
             grids.append(result_grid(result))
             csv_parts.append(to_csv(result))
-        if stats:
+        if stats and treatment is not None:
             tests = paired_tests(result, treatment, resamples)
             if tests:
                 grids.append(stats_grid(tests, result.dataset, metric, resamples))
-            if compare:
-                reference = published_table(result.dataset, metric)
-                grids.append(stats_grid(paired_tests(reference, "fractals", resamples), result.dataset, metric,
-                                        resamples, label="published"))
+        if stats and compare:
+            reference = published_table(result.dataset, metric)
+            grids.append(stats_grid(paired_tests(reference, "fractals", resamples), result.dataset, metric,
+                                    resamples, label="published"))
     if ci:
         if metric != "image_auroc":
             raise ConfigError("--ci applies to image AUROC only; use it with --table auroc")
@@ -131,6 +140,16 @@ def _report_grids(engine, metric, filters, compare, stats, treatment, resamples,
         # One CSV has one header, so with --ci the CSV output is the intervals alone.
         csv_parts = [ci_csv(intervals)]
     return grids, _join_csv(csv_parts)
+
+
+def _treatment(weights: set[str], treatment: str | None) -> str | None:
+    from bench.reports.stats import TREATMENT, resolve_treatment
+
+    resolved = resolve_treatment(treatment, weights)
+    if resolved is None and weights:
+        note_console.print(f"note: no paired statistics, because no run has the default --treatment {TREATMENT}; "
+                           f"pass --treatment with one of: {', '.join(sorted(weights))}", highlight=False)
+    return resolved
 
 
 def _join_csv(parts: list[str]) -> str:
@@ -161,12 +180,14 @@ def _emit(grids, csv_text: str, output_format: str, out: Path | None) -> None:
     console.print(f"wrote {out}")
 
 
-def _write_all(engine, filters, out: Path | None, treatment: str, resamples: int) -> None:
+def _write_all(engine, filters, out: Path | None, treatment: str | None, resamples: int) -> None:
     from bench.reports.bundle import DEFAULT_OUT, BundleOptions, write_all
+    from bench.reports.tables import run_axis_values
 
     folder = out or DEFAULT_OUT
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"--out {folder} is a file; with --all it names the output folder")
+    treatment = _treatment(run_axis_values(engine, filters)["weights"], treatment)
     entries = write_all(engine, filters, folder, BundleOptions(treatment=treatment, resamples=resamples))
     if not any(entry.files for entry in entries):
         raise ConfigError(f"no finished runs in {engine.url} for these filters; run `bench run` first")
@@ -187,7 +208,7 @@ def spider_command(
     layers: LayersOption = None,
     image_size: ImageSizeOption = None,
     eval_size: EvalSizeOption = None,
-    seed: SeedOption = None,
+    seed: FigureSeedOption = None,
     train_shots: ShotsOption = None,
     root: RootOption = None,
     method: MethodOption = None,
@@ -197,11 +218,13 @@ def spider_command(
 ) -> None:
     """Draw spider charts of mean image AUROC (%) per category group: methods as spokes, one chart per weights source."""
     from bench.reports.figures import dataset_roots, spider_figure
-    from bench.reports.tables import build_tables
+    from bench.reports.tables import build_tables, check_filters
     from bench.schema.db import open_existing_engine
 
     filters = _filters(dataset, backbone, layers, image_size, eval_size, seed, train_shots, root, method, weights)
-    tables, frame = build_tables(open_existing_engine(db), "image_auroc", filters)
+    engine = open_existing_engine(db)
+    check_filters(engine, filters)
+    tables, frame = build_tables(engine, "image_auroc", filters)
     if not tables:
         raise ConfigError("no finished runs with image_auroc for these filters; run `bench run` first")
     _print_paths(spider_figure(tables, out, dataset_roots(frame)))
@@ -213,7 +236,7 @@ def layers_command(
     backbone: BackboneOption = None,
     image_size: ImageSizeOption = None,
     eval_size: EvalSizeOption = None,
-    seed: SeedOption = None,
+    seed: FigureSeedOption = None,
     train_shots: ShotsOption = None,
     root: RootOption = None,
     weights: WeightsFilterOption = None,
@@ -222,11 +245,13 @@ def layers_command(
 ) -> None:
     """Draw PatchCore and PaDiM bars per hierarchy-level set (image AUROC, pixel AUROC, AUPRO), sources side by side."""
     from bench.reports.figures import LAYER_METHODS, layers_figure
-    from bench.reports.tables import STUDY_METRICS, load_results
+    from bench.reports.tables import STUDY_METRICS, check_filters, load_results
     from bench.schema.db import open_existing_engine
 
     engine = open_existing_engine(db)
-    filters = _filters(dataset, backbone, None, image_size, eval_size, seed, train_shots, root, LAYER_METHODS, weights)
+    filters = _filters(dataset, backbone, None, image_size, eval_size, seed, train_shots, root, None, weights)
+    check_filters(engine, filters)
+    filters = filters.replace(methods=LAYER_METHODS)
     frames = {metric: load_results(engine, metric, filters) for metric in STUDY_METRICS}
     if frames["image_auroc"].empty:
         raise ConfigError("no finished PatchCore or PaDiM runs for these filters; run them with several --layers")
@@ -264,7 +289,7 @@ def qualitative_command(
     layers: LayersOption = None,
     image_size: ImageSizeOption = None,
     eval_size: EvalSizeOption = None,
-    seed: SeedOption = None,
+    seed: QualitativeSeedOption = None,
     train_shots: ShotsOption = None,
     root: RootOption = None,
     weights: WeightsFilterOption = None,
@@ -273,11 +298,14 @@ def qualitative_command(
 ) -> None:
     """Draw test images, ground truth, and per weights source the anomaly map and its thresholded mask."""
     from bench.reports.qualitative import parse_threshold, qualitative_figure
+    from bench.reports.tables import check_filters
     from bench.schema.db import open_existing_engine
 
     filters = _filters(None, backbone, layers, image_size, eval_size, seed, train_shots, root, None, weights)
+    engine = open_existing_engine(db)
+    check_filters(engine, filters.replace(dataset=dataset, categories=(category,), methods=(method,)))
     out = out or Path(f"reports/figures/qualitative_{dataset}_{method}_{category}")
-    paths = qualitative_figure(open_existing_engine(db), filters, dataset, category, method, out, image, count,
+    paths = qualitative_figure(engine, filters, dataset, category, method, out, image, count,
                                parse_threshold(threshold))
     _print_paths(paths)
 

@@ -26,6 +26,8 @@ STUDY_NAME = "Ugwu, Casarin and Lanz (CVPR 2024 Workshops)"
 STUDY_SETTING = "WideResNet-50-2, 256x256 inputs, anomalib v1 (CutPaste and PANDA: the authors' code)"
 PUBLISHED_SOURCES = ("imagenet", "fractals")
 RECOMPUTED_MARK = "§"
+NOT_PUBLISHED = "not in the published tables"
+NO_PAIRS = "no category has both values"
 
 
 @dataclass(frozen=True)
@@ -133,7 +135,7 @@ def _compare_method(table: ResultTable, comparison: ComparisonTable, method: str
     both = []
     for row in table.categories:
         ours, ours_std, _ = table.cells.get((row, method), Cell()).values.get(source, (None, None, 0))
-        published, reason = lookup.get((row, method, weights), (None, "not in the published tables"))
+        published, reason = lookup.get((row, method, weights), (None, NOT_PUBLISHED))
         comparison.cells[(row, method)] = Comparison(ours, ours_std, published, reason if published is None else None)
         if ours is not None and published is not None:
             both.append((row, ours, published))
@@ -143,7 +145,7 @@ def _compare_method(table: ResultTable, comparison: ComparisonTable, method: str
     if not both:
         # No category has both values, so neither mean exists: the table's note defines both
         # means over the same categories.
-        comparison.cells[(MEAN_ROW, method)] = Comparison(None, None, None, "no category has both values")
+        comparison.cells[(MEAN_ROW, method)] = Comparison(None, None, None, NO_PAIRS)
         return
 
     ours_mean = sum(value for _, value, _ in both) / len(both)
@@ -177,12 +179,29 @@ def comparison_grid(comparison: ComparisonTable) -> Grid:
                      "categories, because our runs do not cover every category the paper reports")
     if comparison.fine_tuned:
         notes.append(FINE_TUNED_NOTE)
-    missing = sorted({cell.note for cell in comparison.cells.values()
-                      if cell.published is None and cell.note and cell.note != "not in the published tables"})
-    notes += [f"published value missing: {reason}" for reason in missing]
+    notes += _missing_notes(comparison)
     rules = {len(comparison.rows) - 1} if comparison.rows and comparison.rows[-1] == MEAN_ROW else set()
     title = f"{comparison.dataset}: {label} (%), {comparison.source}: ours vs published"
     return Grid(title, header, rows, notes, rules)
+
+
+def _missing_notes(comparison: ComparisonTable) -> list[str]:
+    # Each note names its cells, because a table's methods differ in which values exist.
+    no_pairs = [method for method in comparison.methods
+                if comparison.cells.get((MEAN_ROW, method), Comparison(None, None, None)).note == NO_PAIRS]
+    cells_by_reason: dict[str, list[str]] = {}
+    for row in comparison.rows:
+        for method in comparison.methods:
+            cell = comparison.cells.get((row, method))
+            if row == MEAN_ROW or cell is None or cell.published is not None:
+                continue
+            if cell.note and cell.note != NOT_PUBLISHED:
+                cells_by_reason.setdefault(cell.note, []).append(f"{row}/{method}")
+    notes = [f"published value missing for {', '.join(cells)}: {reason}" for reason, cells in cells_by_reason.items()]
+    if no_pairs:
+        notes.append(f"mean row of {', '.join(no_pairs)}: no mean, because no category has both our value and "
+                     "a published value")
+    return notes
 
 
 def _comparison_parts(cell: Comparison | None) -> list[Part]:

@@ -80,6 +80,9 @@ def result_grid(table: ResultTable) -> Grid:
     if partial:
         notes.append(f"{PARTIAL_MEAN_MARK} mean over fewer than the {n_categories} categories listed "
                      "(runs missing or metric undefined)")
+    if table.uncompared_means:
+        notes.append(f"mean row of {', '.join(table.uncompared_means)}: no source is bold, because the sources' "
+                     "means cover different categories and are not comparable")
     rules = {len(table.rows) - 1} if len(table.rows) > 1 and table.rows[-1] == MEAN_ROW else set()
     return Grid(title(table), header, rows, notes, rules)
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from bench.errors import ConfigError
 from bench.reports.render import Grid, plain
 from bench.reports.tables import METRIC_LABELS, ResultTable, format_difference, format_value, source_names
 
@@ -86,6 +87,21 @@ def paired_test(differences: np.ndarray, resamples: int = PAIRED_RESAMPLES,
         return low, high, None, None, "every difference is zero"
     result = stats.wilcoxon(differences, zero_method="wilcox", alternative="two-sided")
     return low, high, float(result.statistic), float(result.pvalue), None
+
+
+def resolve_treatment(treatment: str | None, weights: set[str]) -> str | None:
+    """Return the treatment weights name of the paired tests, or None when the default one has no runs.
+
+    `treatment` is the `--treatment` value, None when not given. `weights` contains the weights
+    names of the report's runs. A given treatment without runs raises ConfigError, because a
+    misspelt name would otherwise drop the statistics without a word.
+    """
+    if treatment is None:
+        return TREATMENT if TREATMENT in weights else None
+    if treatment not in weights:
+        raise ConfigError(f"--treatment '{treatment}' is not a weights source of the report's runs; "
+                          f"choose one of: {', '.join(sorted(weights))}")
+    return treatment
 
 
 def paired_tests(table: ResultTable, treatment: str = TREATMENT, resamples: int = PAIRED_RESAMPLES,

@@ -96,7 +96,9 @@ class ResultTable:
     """A table independent of its rendering: `cells[(row, method)]` for every row and method.
 
     `fine_tuned` names the methods whose runs changed the backbone (CutPaste), and `settings`
-    describes the runs behind the table (backbone, input size, layers, seeds).
+    describes the runs behind the table (backbone, input size, layers, seeds). `uncompared_means`
+    names the methods whose mean row marks no best source, because their sources' means cover
+    different categories.
     """
 
     dataset: str
@@ -107,6 +109,7 @@ class ResultTable:
     cells: dict[tuple[str, str], Cell]
     fine_tuned: set[str] = field(default_factory=set)
     settings: list[str] = field(default_factory=list)
+    uncompared_means: list[str] = field(default_factory=list)
 
     @property
     def categories(self) -> list[str]:
@@ -165,6 +168,71 @@ def _apply_filters(query, filters: RunFilter):
     if filters.categories:
         query = query.where(Run.category.in_(filters.categories))
     return query
+
+
+# RunFilter fields stored as run columns, with the word an error message uses for each.
+_FILTER_COLUMNS = {
+    "dataset": (Run.dataset, "dataset"),
+    "backbone": (Run.backbone, "backbone"),
+    "layers": (Run.layers, "layers"),
+    "image_size": (Run.image_size, "image size"),
+    "seed": (Run.seed, "seed"),
+    "train_shots": (Run.train_shots, "train shots"),
+    "root": (Run.root, "root"),
+    "methods": (Run.method, "method"),
+    "weights": (Run.weights_name, "weights"),
+    "categories": (Run.category, "category"),
+}
+
+
+def run_axis_values(engine: Engine, filters: RunFilter | None = None) -> dict[str, set]:
+    """Return, per RunFilter field, the values of the finished runs that match `filters`.
+
+    Train shots read 0 for runs on the full training set, as `--train-shots 0` selects them, and
+    runs without a stored eval size add no eval size.
+    """
+    filters = filters or RunFilter()
+    columns = [column.label(name) for name, (column, _) in _FILTER_COLUMNS.items()]
+    query = _apply_filters(select(*columns, Run.config).where(Run.status == "done"), filters)
+    values: dict[str, set] = {name: set() for name in [*_FILTER_COLUMNS, "eval_size"]}
+    with engine.connect() as connection:
+        for row in connection.execute(query).mappings():
+            eval_size = (row["config"] or {}).get("eval_size")
+            if filters.eval_size is not None and eval_size != filters.eval_size:
+                continue
+            for name in _FILTER_COLUMNS:
+                values[name].add(row[name])
+            if eval_size is not None:
+                values["eval_size"].add(eval_size)
+    values["train_shots"] = {ALL_SHOTS if shots is None else shots for shots in values["train_shots"]}
+    return values
+
+
+def check_filters(engine: Engine, filters: RunFilter) -> None:
+    """Raise ConfigError for the first filter value that no finished run has, listing the values in the database.
+
+    A database without finished runs passes, so the caller can say that runs are missing.
+    """
+    present = run_axis_values(engine)
+    if not present["methods"]:
+        return
+    labels = {name: label for name, (_, label) in _FILTER_COLUMNS.items()} | {"eval_size": "eval size"}
+    for name, label in labels.items():
+        requested = getattr(filters, name)
+        if requested is None:
+            continue
+        for value in requested if isinstance(requested, tuple) else (requested,):
+            if value not in present[name]:
+                texts = [_axis_text(name, item) for item in sorted(present[name] - {None})]
+                # Layer sets contain commas themselves.
+                listed = ("; " if name == "layers" else ", ").join(texts) or "none"
+                raise ConfigError(f"no finished runs with {label} '{value}'; the database has: {listed}")
+
+
+def _axis_text(name: str, value) -> str:
+    if name == "train_shots" and value == ALL_SHOTS:
+        return f"{ALL_SHOTS} (full training set)"
+    return str(value)
 
 
 def default_levels(method: str) -> str | None:
@@ -230,7 +298,8 @@ def build_table(frame: pd.DataFrame, dataset: str, metric: str) -> ResultTable:
 
     The best source of a cell is the one with the highest value at the displayed precision
     (0.1 percentage points), so sources that print the same value are marked together. In the
-    mean row, sources are compared only when their means cover the same number of categories.
+    mean row, sources are compared only when their means cover the same categories, because means
+    over different categories are not comparable.
     """
     frame = frame[frame["dataset"] == dataset].copy()
     frame["source"] = source_names(frame)
@@ -247,27 +316,32 @@ def build_table(frame: pd.DataFrame, dataset: str, metric: str) -> ResultTable:
         std = float(defined.std(ddof=1)) if len(defined) > 1 else None
         cells.setdefault((category, method), Cell()).values[source] = (mean, std, len(defined))
 
+    # The categories behind each mean, per (method, source).
+    covered: dict[tuple[str, str], frozenset[str]] = {}
     for method in methods:
         for source in sources:
-            per_row = [cells[(row, method)].values[source][0] for row in rows
+            per_row = {row: cells[(row, method)].values[source][0] for row in rows
                        if source in cells.get((row, method), Cell()).values
-                       and cells[(row, method)].values[source][0] is not None]
+                       and cells[(row, method)].values[source][0] is not None}
             if per_row:
-                mean = sum(per_row) / len(per_row)
+                mean = sum(per_row.values()) / len(per_row)
                 cells.setdefault((MEAN_ROW, method), Cell()).values[source] = (mean, None, len(per_row))
+                covered[(method, source)] = frozenset(per_row)
 
-    for (row, _), cell in cells.items():
-        cell.best = _best_sources(cell, mean_row=row == MEAN_ROW)
+    uncompared = set()
+    for (row, method), cell in cells.items():
+        if row == MEAN_ROW and len({covered[(method, source)] for source in cell.values}) > 1:
+            uncompared.add(method)
+            continue
+        cell.best = _best_sources(cell)
 
     fine_tuned = set(frame.loc[frame["fine_tuned"], "method"].unique())
     return ResultTable(dataset, metric, rows + ([MEAN_ROW] if rows else []), methods, sources, cells,
-                       fine_tuned, describe_settings(frame))
+                       fine_tuned, describe_settings(frame), [method for method in methods if method in uncompared])
 
 
-def _best_sources(cell: Cell, mean_row: bool) -> set[str]:
+def _best_sources(cell: Cell) -> set[str]:
     defined = {source: value for source, value in cell.values.items() if value[0] is not None}
-    if mean_row and len({count for _, _, count in defined.values()}) > 1:
-        return set()
     if len(defined) < 2:
         return set()
     printed = {source: round(100 * value[0], 1) for source, value in defined.items()}
