@@ -216,3 +216,12 @@ def test_report_all_lists_missing_maps(maps_db, tmp_path, monkeypatch, capsys):
     assert ("not drawn or incomplete: no mvtec category has cutpaste maps for every weights source "
             "(imagenet, fractals); categories with maps: imagenet in 1, fractals in 0") in index
     assert "incomplete: mvtec: padim, maps and masks" in printed
+
+
+def test_filters_unknown_weights_leaves_no_database(tmp_path, monkeypatch, capsys):
+    db = tmp_path / "new.db"
+    code, _, err = run_cli(monkeypatch, capsys, "figure", "filters", "--weights", "fractalz", "--backbone", "resnet18",
+                           "--out", str(tmp_path / "filters"), "--db", str(db))
+    assert code == 2
+    assert "unknown weights 'fractalz'" in err
+    assert list(tmp_path.iterdir()) == []

@@ -122,3 +122,19 @@ def test_query_syntax_error_is_not_a_rejection(study_db, monkeypatch, capsys):
     assert code == 2
     assert 'query failed: near "SELEC": syntax error' in err
     assert "rejected" not in err
+
+
+def test_unknown_out_suffix_rejected(study_db, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs.xlsx"
+    code, _, err = run_cli(monkeypatch, capsys, "query", "SELECT id FROM runs", "--out", str(out), "--db", str(study_db))
+    assert code == 2
+    assert f"cannot tell the format of --out {out} from its suffix" in err
+    assert not out.exists()
+
+
+def test_format_overrides_out_suffix(study_db, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "runs.data"
+    code, _, err = run_cli(monkeypatch, capsys, "query", "SELECT id FROM runs ORDER BY id LIMIT 2", "--out", str(out),
+                           "--format", "csv", "--db", str(study_db))
+    assert code == 0, err
+    assert out.read_text().splitlines()[0] == "id"

@@ -269,10 +269,11 @@ def filters_command(
 ) -> None:
     """Draw the first convolution's filters of registered weights, each filter scaled to [0, 1]."""
     from bench.reports.filters import filters_figure, load_filters
-    from bench.schema.db import open_engine, session_factory
+    from bench.schema.db import open_engine, removed_if_created_on_error, session_factory
 
-    # `random` and `imagenet` need no registered weights, so a new database is fine here.
-    with session_factory(open_engine(db))() as session:
+    # `random` and `imagenet` need no registered weights, so a new database is fine here, but a
+    # failed lookup leaves none behind.
+    with removed_if_created_on_error(db), session_factory(open_engine(db))() as session:
         panels = [load_filters(session, name, backbone, seed) for name in weights]
     _print_paths(filters_figure(panels, out or Path(f"reports/figures/filters_{backbone}")))
 
@@ -321,7 +322,7 @@ QUERY_FORMATS = ("text", "csv", "markdown", "parquet")
 def query(
     sql: Annotated[str, typer.Argument(help="One SQL statement, e.g. \"SELECT method, count(*) FROM runs GROUP BY method\".")],
     output_format: Annotated[str | None, typer.Option("--format", help="text, csv, markdown or parquet (default: from the --out suffix, else text).")] = None,
-    out: Annotated[Path | None, typer.Option("--out", help="Write to this file (.csv, .md or .parquet) instead of the terminal.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Write to this file instead of the terminal; its suffix (.csv, .md, .parquet, .txt) sets the format unless --format is given.")] = None,
     db: DbOption = None,
 ) -> None:
     """Run one read-only SQL statement on the results database; the database rejects any write.
@@ -330,8 +331,11 @@ def query(
     """
     from bench.reports.frames import query_frame
 
-    output_format = output_format or {".csv": "csv", ".md": "markdown", ".parquet": "parquet"}.get(
-        out.suffix.lower() if out else "", "text")
+    suffixes = {".csv": "csv", ".md": "markdown", ".parquet": "parquet", ".txt": "text"}
+    if output_format is None and out is not None and out.suffix.lower() not in suffixes:
+        raise ConfigError(f"cannot tell the format of --out {out} from its suffix; name it .csv, .md, .parquet "
+                          "or .txt, or pass --format")
+    output_format = output_format or suffixes.get(out.suffix.lower() if out else "", "text")
     if output_format not in QUERY_FORMATS:
         raise ConfigError(f"unknown --format '{output_format}'; choose one of {', '.join(QUERY_FORMATS)}")
     if output_format == "parquet":
