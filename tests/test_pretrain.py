@@ -2,8 +2,11 @@
 
 import io
 import json
+import re
+import signal
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -224,6 +227,72 @@ def test_resume_matches_uninterrupted(tmp_path):
     different = [key for key in full_weights if not torch.equal(full_weights[key], resumed_weights[key])]
     assert different == []
     assert resumed.meta["train_accuracy"] == full.meta["train_accuracy"]
+
+
+# 120 steps of about 20 ms on 2 CPU cores: long enough to be signalled after its first steps.
+SIGNALLED = ["--arch", "resnet18", "--recipe", "single", "--classes", "4", "--image-size", "32", "--epochs", "30",
+             "--samples-per-epoch", "32", "--batch-size", "8", "--held-out-per-class", "4", "--single-thread"]
+
+
+def signal_after_steps(args: list[str], work: Path, signum: int, steps: int = 3) -> tuple[subprocess.CompletedProcess, Path]:
+    """Start `bench pretrain ARGS`, send `signum` once log.jsonl has `steps` step records; return the result and run folder."""
+    process = subprocess.Popen([sys.executable, "-m", "bench", "pretrain", *args], cwd=work, text=True,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    logged = 0
+    while process.poll() is None and time.monotonic() < deadline and logged < steps:
+        logs = list((work / "runs" / "pretrain").glob("*/log.jsonl"))
+        logged = logs[0].read_text().count('"event": "step"') if logs else 0
+        time.sleep(0.05)
+    process.send_signal(signum)
+    stdout, stderr = process.communicate(timeout=300)
+    (run_dir,) = (work / "runs" / "pretrain").iterdir()
+    return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr), run_dir
+
+
+def stopped_step(stdout: str) -> int:
+    return int(re.search(r"stopped at step (\d+) of 120", " ".join(stdout.split())).group(1))
+
+
+def test_ctrl_c_saves_step_for_resume(tmp_path):
+    db = tmp_path / "bench.db"
+    stopped, run_dir = signal_after_steps([*SIGNALLED, "--name", "fract-int", "--checkpoint-every", "7",
+                                           "--db", str(db)], tmp_path, signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    step = stopped_step(stopped.stdout)
+    assert 3 <= step < 120
+    assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == step
+
+    # The resumed session keeps the name and checkpoint interval of the first one.
+    resumed = bench("pretrain", "--resume", str(run_dir / "last.ckpt"), "--single-thread", "--db", str(db), cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    assert rows(db, "SELECT name FROM weights") == [("fract-int",)]
+    saved = re.findall(r"saved \S+ at step (\d+)", (run_dir / "pretrain.log").read_text())
+    assert [int(value) for value in saved[1:4]] == [7, 14, 21]
+
+
+def test_resume_of_finished_run_keeps_backbone(tmp_path):
+    db = tmp_path / "bench.db"
+    stopped, run_dir = signal_after_steps([*SIGNALLED, "--name", "fract-done", "--db", str(db)], tmp_path,
+                                          signal.SIGINT)
+    assert stopped.returncode == 130, stopped.stderr
+    first = bench("pretrain", "--resume", str(run_dir / "last.ckpt"), "--single-thread", "--db", str(db), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    backbone = (run_dir / "backbone.pth").read_bytes()
+
+    again = bench("pretrain", "--resume", str(run_dir / "last.ckpt"), "--db", str(db), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "has already finished" in " ".join(again.stdout.split())
+    assert (run_dir / "backbone.pth").read_bytes() == backbone
+    assert rows(db, "SELECT count(*) FROM weights") == [(1,)]
+
+
+def test_sigterm_saves_step(tmp_path):
+    stopped, run_dir = signal_after_steps([*SIGNALLED, "--no-register"], tmp_path, signal.SIGTERM)
+    assert stopped.returncode == 143, stopped.stderr
+    step = stopped_step(stopped.stdout)
+    assert torch.load(run_dir / "last.ckpt", weights_only=True)["global_step"] == step
+    assert json.loads((run_dir / "session.json").read_text()) == {"name": None, "checkpoint_every": 1000}
 
 
 STOPPED = PretrainConfig(arch="resnet18", recipe="single", classes=4, image_size=32, epochs=2, samples_per_epoch=32,

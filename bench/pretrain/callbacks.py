@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Callback, Checkpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -21,11 +22,12 @@ LOG_FILE = "log.jsonl"
 
 
 class LastCheckpoint(Checkpoint):
-    """Write `last.ckpt` every `every` steps, at `stop_step` and at the end of training.
+    """Write `last.ckpt` every `every` steps, at `stop_step`, at the end of training and when stopped.
 
     The file is written under a temporary name and then renamed, so an interrupted save never
     leaves a truncated `last.ckpt`. Lightning stores the loop state with it, and the data position
-    follows from the global step (see EpochBatchSampler).
+    follows from the global step (see EpochBatchSampler). A stop requested with `request_stop`
+    (Ctrl-C) or SIGTERM ends training after the current step, which is saved first.
     """
 
     def __init__(self, run_dir: Path, every: int, stop_step: int) -> None:
@@ -36,16 +38,29 @@ class LastCheckpoint(Checkpoint):
         self.saving_time = 0.0
         # Global step of the last checkpoint written in this session (None before the first).
         self.saved_step: int | None = None
+        # Name of the signal that asked training to stop early (SIGINT, SIGTERM), else None.
+        self.stopped_by: str | None = None
+
+    def request_stop(self, signal_name: str) -> None:
+        """Ask training to stop after the current step; that step is saved for --resume."""
+        self.stopped_by = signal_name
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         step = trainer.global_step
-        if step % self.every == 0 or step >= self.stop_step:
+        if step % self.every == 0 or step >= self.stop_step or self.stopped_by is not None:
             self.save(trainer)
+        if self.stopped_by is not None:
+            trainer.should_stop = True
 
     def on_exception(self, trainer: L.Trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            # Lightning raises this after a step has ended, on every process, so the state is
+            # complete and every process takes part in the save.
+            self.stopped_by = "SIGTERM"
+            if trainer.global_step != self.saved_step:
+                self.save(trainer)
         if not trainer.is_global_zero:
             return
-        # Lightning exits after Ctrl-C, so this is the place to say what can be resumed.
         saved = f"step {self.saved_step}" if self.saved_step is not None else "an earlier session, if any"
         logger.warning("training stopped at step %d (%s); %s is from %s: continue with `bench pretrain --resume %s`",
                        trainer.global_step, type(exception).__name__, self.path, saved, self.path)

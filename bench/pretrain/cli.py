@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
@@ -14,6 +15,10 @@ from bench.errors import ConfigError
 from bench.terminal import print_table
 
 console = Console()
+
+DEFAULT_NAME = "fractals"
+# Steps between rewrites of last.ckpt.
+DEFAULT_CHECKPOINT_EVERY = 1000
 
 # Options of PretrainConfig fields default to None, so that a preset or the checkpoint of a resumed
 # run supplies what the command line leaves out.
@@ -44,7 +49,7 @@ def pretrain_command(
     systems: Annotated[Path | None, typer.Option("--systems", help="IFS systems file (.npz) from `bench fractals sample`. Default: sample them from --seed and save them in the run folder.")] = None,
     data_dir: Annotated[Path | None, typer.Option("--data-dir", help="Train on an ImageFolder tree (ROOT/<class>/<image>, or ROOT/train and ROOT/val) instead of rendering.")] = None,
     resume: Annotated[Path | None, typer.Option("--resume", help="Continue a run from its last.ckpt; training options come from the checkpoint.")] = None,
-    name: Annotated[str, typer.Option("--name", help="Weights name to register the finished backbone under.")] = "fractals",
+    name: Annotated[str | None, typer.Option("--name", help="Weights name to register the finished backbone under. Default: fractals; with --resume, the name the run started with.", show_default=False)] = None,
     register: Annotated[bool, typer.Option("--register/--no-register", help="Register the finished backbone in the database.")] = True,
     db: Annotated[str | None, typer.Option("--db", envvar="BENCH_DB", help="Results database: SQLite path or SQLAlchemy URL. Default: ./bench.db.")] = None,
     runs_dir: Annotated[Path, typer.Option("--runs-dir", help="Parent folder of the run folders.")] = Path("runs/pretrain"),
@@ -53,7 +58,7 @@ def pretrain_command(
     num_nodes: Annotated[int, typer.Option("--num-nodes", help="Nodes of a multi-node DDP job.")] = 1,
     precision: Annotated[str | None, typer.Option("--precision", help="32, 16-mixed (GPU) or bf16-mixed. Default: bf16-mixed on GPUs that support it, else 16-mixed; 32 on CPU.")] = None,
     workers: Annotated[int | None, typer.Option("--workers", help="DataLoader worker processes per device. Default: 0 on CPU, up to 8 per GPU.")] = None,
-    checkpoint_every: Annotated[int, typer.Option("--checkpoint-every", help="Steps between rewrites of last.ckpt (also written at the end).")] = 1000,
+    checkpoint_every: Annotated[int | None, typer.Option("--checkpoint-every", help="Steps between rewrites of last.ckpt, which is also written at the end and when Ctrl-C or SIGTERM stops training. Default: 1000; with --resume, the interval the run started with.", show_default=False)] = None,
     single_thread: Annotated[bool, typer.Option("--single-thread", help="Run the model on one CPU thread; much faster when other jobs share the cores.")] = False,
     stop_at_step: Annotated[int | None, typer.Option("--stop-at-step", help="End this session at this global step and keep last.ckpt for --resume, e.g. to fit a job time limit.")] = None,
     force: Annotated[bool, typer.Option("--force", help="Delete an earlier run of the same configuration and train again.")] = False,
@@ -64,9 +69,17 @@ def pretrain_command(
     the backbone with the normalisation it was trained with.
     """
     from bench.pretrain.config import RESERVED_NAMES, RuntimeOptions, parse_channels, parse_objects, resolve_config
-    from bench.pretrain.train import Registration, is_primary_process, resume_run, start_run
+    from bench.pretrain.train import Registration, is_primary_process, read_session, resume_run, start_run
 
-    if register and not (name or "").strip():
+    # A resumed session keeps the name and checkpoint interval of the run unless they are given again.
+    stored = read_session(resume.expanduser().resolve().parent) if resume is not None else {}
+    if name is None:
+        name = stored.get("name", DEFAULT_NAME) if stored else DEFAULT_NAME
+        register = register and name is not None
+    if checkpoint_every is None:
+        checkpoint_every = stored.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
+
+    if register and not name.strip():
         raise ConfigError(f"invalid --name {name!r}: pass a non-empty name, for example fractals")
     if register and name in RESERVED_NAMES:
         raise ConfigError(f"invalid --name {name!r}: {' and '.join(RESERVED_NAMES)} are built-in weights; choose another name, for example fractals")
@@ -106,6 +119,9 @@ def pretrain_command(
     if not result.finished:
         console.print(f"stopped at step {result.global_step} of {result.total_steps}. Continue with "
                       f"`bench pretrain --resume {result.run_dir / 'last.ckpt'}`")
+        if result.stopped_by is not None:
+            # The shell's status for a process ended by that signal, so scripts see the interruption.
+            raise typer.Exit(128 + signal.Signals[result.stopped_by])
         return
     _print_summary(result, registration)
 

@@ -3,6 +3,8 @@
 A run lives in `runs_dir/<run id>/`, where the run id is a hash of its PretrainConfig:
 
 * `config.json`: the configuration; `systems.npz`: the IFS systems of a fractal run;
+* `session.json`: the weights name to register under and the checkpoint interval, which a
+  resumed session keeps unless its command line changes them;
 * `last.ckpt`: the Lightning checkpoint to resume from, rewritten every --checkpoint-every steps;
 * `log.jsonl`: one JSON record per logging interval and epoch; `pretrain.log`: the text log;
 * when training has finished: `backbone.pth` ({"backbone": timm state dict without the head,
@@ -18,6 +20,8 @@ import json
 import logging
 import os
 import shutil
+import signal
+import threading
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -28,6 +32,7 @@ from typing import Any, Iterator
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from rich.console import Console
 from torch.utils.data import Dataset
 
@@ -60,6 +65,7 @@ from bench.weights.architectures import get_architecture
 logger = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
+SESSION_FILE = "session.json"
 TEXT_LOG = "pretrain.log"
 # Loggers whose records go to the run's text log.
 RUN_LOGGERS = ("bench", "lightning.pytorch", "lightning.fabric")
@@ -75,6 +81,25 @@ class Registration:
 
     name: str | None
     db: str | None = None
+
+
+def read_session(run_dir: Path) -> dict[str, Any]:
+    """Return the session settings stored in a run folder: {"name": str | None, "checkpoint_every": int}.
+
+    A run folder written before these settings were stored returns {}.
+    """
+    path = run_dir / SESSION_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_session(run_dir: Path, registration: Registration, runtime: RuntimeOptions) -> None:
+    settings = {"name": registration.name, "checkpoint_every": runtime.checkpoint_every}
+    temporary = run_dir / f".{SESSION_FILE}.partial"
+    temporary.write_text(json.dumps(settings, indent=2) + "\n")
+    os.replace(temporary, run_dir / SESSION_FILE)
 
 
 @dataclass(frozen=True)
@@ -97,6 +122,8 @@ class PretrainResult:
     backbone_path: Path | None = None
     meta: dict[str, Any] = field(default_factory=dict)
     weights_id: int | None = None
+    # Name of the signal that stopped training before its end (SIGINT, SIGTERM), else None.
+    stopped_by: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -283,6 +310,7 @@ def start_run(config: PretrainConfig, runtime: RuntimeOptions, runs_dir: Path, r
         if data.systems is not None:
             store_systems(data.systems, run_dir)
         (run_dir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        _write_session(run_dir, registration, runtime)
     return _fit(config, runtime, run_dir, data, None, registration, engine, console)
 
 
@@ -302,6 +330,10 @@ def resume_run(checkpoint_path: Path, runtime: RuntimeOptions, registration: Reg
                 f"come from the checkpoint, so drop {option_name(key)} to resume"
             )
     run_dir = checkpoint_path.parent
+    if (run_dir / BACKBONE_FILE).is_file():
+        # Training has finished: like a rerun of the first command, keep its backbone file, whose
+        # hash registered weights depend on.
+        return _reuse_finished(config, run_dir, registration, _open_registry(registration), console)
     if config.data_dir is None:
         systems = load_run_systems(run_dir, config.systems_digest)
         train, held_out = fractal_datasets(config, systems)
@@ -316,6 +348,8 @@ def resume_run(checkpoint_path: Path, runtime: RuntimeOptions, registration: Reg
             )
     validate_runtime(runtime, config, torch.cuda.is_available())
     engine = _open_registry(registration)
+    if is_primary_process():
+        _write_session(run_dir, registration, runtime)
     return _fit(config, runtime, run_dir, data, checkpoint_path, registration, engine, console)
 
 
@@ -388,12 +422,48 @@ def _fit(config: PretrainConfig, runtime: RuntimeOptions, run_dir: Path, data: P
         warnings.filterwarnings("ignore", message=".*isinstance\\(treespec, LeafSpec\\)` is deprecated.*")
         logger.info("run %s: %s", config.run_id(), json.dumps(config.to_dict()))
         trainer = _trainer(config, runtime, run_dir, console)
-        trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
+        checkpoint = next(callback for callback in trainer.callbacks if isinstance(callback, LastCheckpoint))
+        try:
+            with _stop_on_ctrl_c(checkpoint, runtime, console):
+                trainer.fit(module, datamodule=datamodule, ckpt_path=checkpoint_path, weights_only=True)
+        except SIGTERMException:
+            # LastCheckpoint has saved the step that Lightning stopped after.
+            pass
+        except SystemExit:
+            # Lightning exits with status 1 after a KeyboardInterrupt, here the second Ctrl-C.
+            if checkpoint.stopped_by == "SIGINT":
+                raise SystemExit(128 + signal.SIGINT) from None
+            raise
 
-        result = PretrainResult(config.run_id(), run_dir, trainer.global_step, config.total_steps)
+        result = PretrainResult(config.run_id(), run_dir, trainer.global_step, config.total_steps,
+                                stopped_by=checkpoint.stopped_by)
         if not trainer.is_global_zero or not result.finished:
             return result
         return _finish(config, runtime, module, data, result, registration, engine, workers, console)
+
+
+@contextmanager
+def _stop_on_ctrl_c(checkpoint: LastCheckpoint, runtime: RuntimeOptions, console: Console) -> Iterator[None]:
+    """Turn the first Ctrl-C into a stop after the current step, saved for --resume; the second stops at once.
+
+    Only a single training process on the main thread does this. With DDP the processes could
+    stop after different steps, so there Lightning's own handling stays.
+    """
+    if runtime.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handle(signum, frame) -> None:
+        if checkpoint.stopped_by is not None:
+            raise KeyboardInterrupt
+        checkpoint.request_stop("SIGINT")
+        console.print("stopping after this step and saving it for --resume (press Ctrl-C again to stop at once)")
+
+    previous = signal.signal(signal.SIGINT, handle)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _versions() -> dict[str, str]:
