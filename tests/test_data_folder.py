@@ -373,3 +373,25 @@ def test_padim_folder_few_shot_run(tmp_path, monkeypatch):
     assert set(metrics) == {"image_auroc", "pixel_auroc", "aupro", "image_f1_max", "pixel_f1_max"}
     for name, value in metrics.items():
         assert value is not None and 0.0 <= value <= 1.0, name
+
+
+def test_run_with_missing_mask_names_it(tmp_path):
+    from bench.runners.cli import run
+
+    root = _make_parts(tmp_path / "data")
+    (root / "parts" / "ground_truth" / "scratch" / "001_mask.png").unlink()
+    db = tmp_path / "results.db"
+    cli = typer.Typer()
+    cli.command()(run)
+
+    result = CliRunner().invoke(cli, [
+        "--method", "padim", "--weights", "random", "--backbone", "resnet18", "--dataset", "folder",
+        "--root", str(root), "--category", "parts", "--image-size", "64", "--db", str(db),
+        "--runs-dir", str(tmp_path / "runs"), "--no-save-maps",
+    ])
+
+    assert result.exit_code == 0, result.output
+    with create_engine(f"sqlite:///{db}").connect() as connection:
+        reasons = dict(connection.execute(text("SELECT name, null_reason FROM metrics WHERE value IS NULL")).all())
+    expected = "no pixel ground truth: 1 of 3 anomalous test images have no mask (first: test/scratch/001.jpg)"
+    assert reasons == {"pixel_auroc": expected, "aupro": expected, "pixel_f1_max": expected}

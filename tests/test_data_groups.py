@@ -127,3 +127,15 @@ def test_missing_settings_file_is_empty(tmp_path):
     assert settings.path is None
     assert settings.mask_threshold is None
     assert settings.groups is None
+
+
+def test_settings_not_utf8(tmp_path):
+    (tmp_path / SETTINGS_FILE_NAME).write_bytes(b"\xff\xfemask_threshold = 0.5\n")
+    with pytest.raises(DatasetError, match="it is not UTF-8 text .* save it as UTF-8"):
+        load_settings(tmp_path)
+
+
+def test_settings_path_is_folder(tmp_path):
+    (tmp_path / SETTINGS_FILE_NAME).mkdir()
+    with pytest.raises(DatasetError, match="is not a file: remove it"):
+        load_settings(tmp_path)

@@ -18,6 +18,7 @@ from bench.data.demo import write_demo_dataset
 from bench.data.images import load_mask
 from bench.data.visa import (
     MARKER_NAME,
+    PREPARING_NAME,
     PUBLISHED_1CLS_COUNTS,
     SPLIT_COLUMNS,
     count_split_rows,
@@ -240,6 +241,30 @@ def test_prepare_custom_out(raw_visa, tmp_path):
     assert f"run `bench data prepare visa --root {root} --out {tmp_path / 'prepared'}` again" in str(caught.value)
 
 
+def test_interrupted_custom_preparation_names_command(raw_visa, tmp_path):
+    root, _ = raw_visa
+    split_csv = tmp_path / "my-split.csv"
+    split_csv.write_bytes((root / "split_csv" / "1cls.csv").read_bytes())
+    out = tmp_path / "prepared"
+
+    def interrupt(done: int, total: int) -> None:
+        if done == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        prepare_visa(root, out=out, split_csv=split_csv, progress=interrupt)
+    with pytest.raises(DatasetError) as caught:
+        load_dataset("visa", out, "candle")
+
+    command = f"bench data prepare visa --root {root} --out {out} --split-csv {split_csv}"
+    assert f"is incomplete: {MARKER_NAME} is missing" in str(caught.value)
+    assert f"(run `{command}` to finish it)" in str(caught.value)
+
+    prepare_visa(root, out=out, split_csv=split_csv)
+    assert len(load_dataset("visa", out, "candle").test) == 5
+    assert [path.name for path in out.iterdir() if path.name.startswith(".")] == [MARKER_NAME]
+
+
 def test_prepare_resumes_after_kill(raw_visa):
     root, _ = raw_visa
     out = root / "visa_pytorch"
@@ -259,7 +284,8 @@ def test_prepare_resumes_after_kill(raw_visa):
 
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert not (out / MARKER_NAME).exists()
-    assert len(_files(out)) == 10
+    assert (out / PREPARING_NAME).is_file()
+    assert len([name for name in _files(out) if not name.startswith(".")]) == 10
     with pytest.raises(DatasetError, match="VisA preparation in .* is incomplete"):
         load_dataset("visa", root, "candle")
 

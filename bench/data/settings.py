@@ -34,6 +34,8 @@ class DatasetSettings:
 def load_settings(root: Path) -> DatasetSettings:
     """Read `<root>/bench-dataset.toml`, or return empty settings when the file does not exist."""
     path = Path(root).expanduser() / SETTINGS_FILE_NAME
+    if path.exists() and not path.is_file():
+        raise DatasetError(f"settings path {path} is not a file: remove it or replace it with a TOML file")
     if not path.is_file():
         return DatasetSettings()
     return read_settings_file(path)
@@ -55,6 +57,9 @@ def read_settings_file(path: Path) -> DatasetSettings:
             values = tomllib.load(file)
     except tomllib.TOMLDecodeError as exc:
         raise DatasetError(f"invalid TOML in settings file {path}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"invalid TOML in settings file {path}: it is not UTF-8 text ({exc.reason} at byte "
+                           f"{exc.start}); save it as UTF-8") from exc
     except OSError as exc:
         raise DatasetError(f"cannot read settings file {path}: {exc.strerror or exc}") from exc
 

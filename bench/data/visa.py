@@ -46,6 +46,9 @@ from bench.errors import DatasetError
 logger = logging.getLogger(__name__)
 
 MARKER_NAME = ".bench-visa.json"
+# Written when a preparation starts and removed when it has finished, so that the error for an
+# interrupted one can give the exact command (root, out and split file) that finishes it.
+PREPARING_NAME = ".bench-visa-preparing.json"
 MARKER_FORMAT = "bench-visa-prepared"
 MARKER_VERSION = 1
 
@@ -221,6 +224,9 @@ def prepare_visa(
                                    already_complete=True, empty_masks=0)
         logger.warning("prepared VisA in %s does not match %s any more: preparing it again", out, split_csv)
         marker.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    preparing = {"root": str(root), "split_csv": str(split_csv)}
+    (out / PREPARING_NAME).write_text(json.dumps(preparing, indent=2) + "\n")
 
     _remove_temporary_files(out, expected)
 
@@ -241,7 +247,7 @@ def prepare_visa(
         more = f", and {len(problems) - 1} more folders differ" if len(problems) > 1 else ""
         raise DatasetError(
             f"VisA preparation check failed: {problem}{more} (remove {out / name} and run "
-            "`bench data prepare visa` again)"
+            f"`{_prepare_command(preparing, out)}` again)"
         )
 
     if empty_masks:
@@ -252,6 +258,7 @@ def prepare_visa(
     if hasattr(os, "sync"):
         os.sync()
     _write_marker(marker, root, split_csv, digest, _counts(expected))
+    (out / PREPARING_NAME).unlink(missing_ok=True)
 
     return VisaPreparation(out, split_csv, _counts(expected), written=written, skipped=skipped,
                            already_complete=False, empty_masks=empty_masks)
@@ -282,9 +289,17 @@ def resolve_prepared_root(root: Path) -> Path:
 
     default_out = root / DEFAULT_OUT_NAME
     if default_out.is_dir():
+        command = _interrupted_command(default_out) or f"bench data prepare visa --root {root}"
         raise DatasetError(
             f"VisA preparation in {default_out} is incomplete: {MARKER_NAME} is missing because it was interrupted "
-            f"or is still running (run `bench data prepare visa --root {root}` to finish it)"
+            f"or is still running (run `{command}` to finish it)"
+        )
+
+    command = _interrupted_command(root)
+    if command is not None:
+        raise DatasetError(
+            f"VisA preparation in {root} is incomplete: {MARKER_NAME} is missing because it was interrupted "
+            f"or is still running (run `{command}` to finish it)"
         )
 
     if list_categories(root):
@@ -558,6 +573,15 @@ def _read_marker(marker: Path) -> dict:
             "(run `bench data prepare visa` again)"
         )
     return content
+
+
+def _interrupted_command(prepared: Path) -> str | None:
+    """Return the command that finishes the interrupted preparation into `prepared`, or None if none started."""
+    try:
+        started = json.loads((prepared / PREPARING_NAME).read_text())
+    except (OSError, ValueError):
+        return None
+    return _prepare_command(started, prepared) if isinstance(started, dict) else None
 
 
 def _prepare_command(marker: dict, prepared: Path) -> str:

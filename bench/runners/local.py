@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from bench.data import load_dataset
 from bench.data.base import Category
 from bench.data.loading import ImageDataset, TrainData, load_masks
+from bench.data.masks import describe_missing_masks
 from bench.errors import ConfigError
 from bench.methods import get_method
 from bench.metrics import MetricValue, compute_metrics
@@ -125,6 +126,11 @@ def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecor
     masks = load_masks(category.test, height, width)
     with phases.step("metrics"):
         metrics = compute_metrics(labels, scores, masks, maps if masks is not None else None)
+    missing_masks = describe_missing_masks(category.test)
+    if missing_masks is not None:
+        # Pixel metrics need a mask for every anomalous image; say which ones lack it.
+        metrics = [MetricValue(metric.name, None, missing_masks, None) if metric.name in PIXEL_METRIC_NAMES
+                   else metric for metric in metrics]
     if adapter.produces_maps:
         return metrics
     # The maps of a method without localisation repeat its image score, so pixel metrics
