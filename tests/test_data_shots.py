@@ -55,5 +55,5 @@ def test_shots_none_uses_all():
 
 @pytest.mark.parametrize("shots", [0, -1, 8])
 def test_shots_out_of_range(shots):
-    with pytest.raises(ConfigError, match=f"invalid --train-shots {shots}; widget has 7 training images"):
+    with pytest.raises(ConfigError, match=f"invalid --train-shots {shots}; widget has 7 training images, so pass 1 to 7"):
         select_train_samples(_category(7), shots, seed=0)

@@ -185,7 +185,8 @@ def _expand(spec: GridSpec) -> list[RunConfig]:
     for name in categories:
         loaded = load_dataset(spec.dataset, root, name)
         if spec.train_shots is not None and spec.train_shots > len(loaded.train):
-            raise ConfigError(f"invalid train shots {spec.train_shots}; {name} has {len(loaded.train)} training images")
+            raise ConfigError(f"invalid train shots {spec.train_shots}; {name} has {len(loaded.train)} training images, "
+                              f"so pass 1 to {len(loaded.train)}")
 
     configs = []
     for method_name, backbone_name, weights_name, category_name in itertools.product(

@@ -85,7 +85,8 @@ def select_train_samples(category: Category, shots: int | None, seed: int) -> tu
     if shots is None:
         return category.train
     if not 0 < shots <= len(category.train):
-        raise ConfigError(f"invalid --train-shots {shots}; {category.name} has {len(category.train)} training images")
+        raise ConfigError(f"invalid --train-shots {shots}; {category.name} has {len(category.train)} training images, "
+                          f"so pass 1 to {len(category.train)}")
     chosen = np.random.default_rng(seed).choice(len(category.train), size=shots, replace=False)
     return tuple(category.train[index] for index in sorted(chosen))
 
