@@ -67,7 +67,7 @@ def test_status_output(known_db, tmp_path):
     assert result.returncode == 0, result.stderr
     lines = [" ".join(line.split()) for line in result.stdout.splitlines()]
     assert f"{database_url(known_db)}: 6 runs: 2 done, 2 running, 1 failed, 1 pending" in lines
-    assert ("workers: 1 run in progress in 1 worker process; 1 running run lost its worker and will run again "
+    assert ("workers: 1 run in progress, claimed by 1 bench process; 1 running run lost its worker and will run again "
             "with the next bench run or sweep of the grid") in lines
     assert "ETA: 0:00:45 (estimate: 3 runs left x 15.0 s mean wall time / 1 in progress)" in lines
     assert "axis value done running failed pending" in lines
@@ -80,6 +80,7 @@ def test_status_output(known_db, tmp_path):
     assert "category washer 1 1 1 1" in lines
     assert "category weave 1 1 0 0" in lines
     assert "layers 2,3 2 2 1 1" in lines
+    assert "seed 0 2 2 1 1" in lines
 
 
 def test_status_without_runs(tmp_path):

@@ -15,7 +15,7 @@ console = Console()
 
 # Axes shown per row of the table: (label, runs column).
 STATUS_AXES = (("method", "method"), ("weights", "weights_name"), ("backbone", "backbone"), ("dataset", "dataset"),
-               ("category", "category"), ("layers", "layers"))
+               ("category", "category"), ("layers", "layers"), ("seed", "seed"))
 
 
 @dataclass
@@ -94,8 +94,9 @@ def render_status(status: GridStatus, url: str, target: Console) -> None:
     target.print(f"{url}: {total} run{'' if total == 1 else 's'}: {counts}", highlight=False, soft_wrap=True)
 
     workers = len(status.workers)
-    line = (f"workers: {_plural(status.in_progress, 'run')} in progress in "
-            f"{_plural(workers, 'worker process', 'worker processes')}")
+    # One bench process runs all the workers of its --jobs, so processes are counted, not workers.
+    line = (f"workers: {_plural(status.in_progress, 'run')} in progress, claimed by "
+            f"{_plural(workers, 'bench process', 'bench processes')}")
     if status.abandoned:
         line += (f"; {_plural(status.abandoned, 'running run')} lost {'its' if status.abandoned == 1 else 'their'} "
                  "worker and will run again with the next bench run or sweep of the grid")
