@@ -344,7 +344,7 @@ def test_foreign_checkpoint_is_rejected(tmp_path):
 def test_backbone_rejected_for_other_arch(cli_run, tmp_path):
     _, _, run_dir, _ = cli_run
     with session_factory(open_engine(tmp_path / "other.db"))() as session:
-        with pytest.raises(WeightsError, match="do not fit resnet50"):
+        with pytest.raises(WeightsError, match="were trained for resnet18, not resnet50: pass --arch resnet18"):
             add_weights(session, "fractals", "resnet50", run_dir / "backbone.pth")
 
 

@@ -1,6 +1,8 @@
 """The weights registry, checkpoint checks and the EfficientNet-Lite0 key conversion."""
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -186,3 +188,30 @@ def test_random_init_repeats_with_seed():
         weights.append(padim.backbone_module().state_dict()["conv1.weight"])
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(weights[0], weights[2])
+
+
+@pytest.mark.parametrize("statistics", [
+    ["--mean", "0.4,0.5,0.6", "--std", "0.2"],
+    ["--mean", "0.4", "--mean", "0.5", "--mean", "0.6", "--std", "0.2,0.2,0.2"],
+])
+def test_cli_add_reads_channel_values(tmp_path, statistics):
+    path = save_resnet18(tmp_path / "a.pth", seed=1)
+    completed = subprocess.run([sys.executable, "-m", "bench", "weights", "add", "mine", "--arch", "resnet18",
+                                "--file", str(path), *statistics, "--db", str(tmp_path / "w.db")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+
+    with session_factory(open_engine(tmp_path / "w.db"))() as session:
+        (record,) = list_weights(session)
+    assert record.mean == (0.4, 0.5, 0.6)
+    assert record.std == (0.2, 0.2, 0.2)
+
+
+def test_cli_add_rejects_text_statistics(tmp_path):
+    path = save_resnet18(tmp_path / "a.pth", seed=1)
+    completed = subprocess.run([sys.executable, "-m", "bench", "weights", "add", "mine", "--arch", "resnet18",
+                                "--file", str(path), "--mean", "0.4,abc", "--db", str(tmp_path / "w.db")],
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    assert "invalid --mean 0.4,abc: pass numbers on the 0..1 scale" in completed.stderr
+    assert not (tmp_path / "w.db").exists()

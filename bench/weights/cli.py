@@ -52,14 +52,29 @@ def add_command(
     name: Annotated[str, typer.Argument(help="Name to register the weights under, e.g. fractals.")],
     arch: Annotated[str, typer.Option("--arch", help="Backbone architecture of the checkpoint.")],
     file: Annotated[Path, typer.Option("--file", help="Checkpoint file (state dict, or bench pretrain output).")],
-    mean: Annotated[list[float] | None, typer.Option("--mean", help="Per-channel input mean on the 0..1 scale the weights were trained with: once for all channels, or three times for R, G, B (--mean 0.485 --mean 0.456 --mean 0.406). Default: the checkpoint's own, else ImageNet's.")] = None,
-    std: Annotated[list[float] | None, typer.Option("--std", help="Per-channel input std on the 0..1 scale: once for all channels, or three times for R, G, B. Default: the checkpoint's own, else ImageNet's.")] = None,
+    mean: Annotated[list[str] | None, typer.Option("--mean", help="Per-channel input mean on the 0..1 scale the weights were trained with: one value for all channels, or three for R, G, B, comma-separated (--mean 0.485,0.456,0.406) or repeated. Default: the checkpoint's own, else ImageNet's.")] = None,
+    std: Annotated[list[str] | None, typer.Option("--std", help="Per-channel input std on the 0..1 scale: one value, or three comma-separated or repeated. Default: the checkpoint's own, else ImageNet's.")] = None,
     db: DbOption = None,
 ) -> None:
     """Register a local checkpoint; `--weights NAME` then resolves to the newest registration."""
     from bench.schema.db import open_engine, removed_if_created_on_error, session_factory
     from bench.weights.registry import add_weights
 
+    mean_values, std_values = _channel_values(mean, "--mean"), _channel_values(std, "--std")
     with removed_if_created_on_error(db), session_factory(open_engine(db))() as session:
-        record = add_weights(session, name, arch, file, tuple(mean) if mean else None, tuple(std) if std else None)
+        record = add_weights(session, name, arch, file, mean_values, std_values)
     console.print(f"registered '{record.name}' for {record.arch} as id {record.id} (sha256 {record.sha256[:12]}...)")
+
+
+def _channel_values(texts: list[str] | None, flag: str) -> tuple[float, ...] | None:
+    """Parse repeated and comma-separated values of --mean or --std; the registry checks their count and range."""
+    from bench.errors import WeightsError
+
+    if not texts:
+        return None
+    parts = [part.strip() for text in texts for part in text.split(",") if part.strip()]
+    try:
+        return tuple(float(part) for part in parts)
+    except ValueError:
+        raise WeightsError(f"invalid {flag} {','.join(texts)}: pass numbers on the 0..1 scale, "
+                           f"such as {flag} 0.485,0.456,0.406") from None

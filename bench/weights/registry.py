@@ -123,6 +123,11 @@ def add_weights(
         raise WeightsError(f"weights file not found: {path}")
 
     state_dict, checkpoint_meta = read_checkpoint(path)
+    trained_arch = checkpoint_meta.get("arch")
+    if isinstance(trained_arch, str) and trained_arch != architecture.name:
+        # bench pretrain records the architecture in the checkpoint, so the fix is known.
+        raise WeightsError(f"weights {path} were trained for {trained_arch}, not {architecture.name}: "
+                           f"pass --arch {trained_arch}")
     validate_backbone_state(state_dict, architecture, path)
 
     mean = _validate_stats(mean, "mean") or tuple(checkpoint_meta.get("mean", IMAGENET_MEAN))
