@@ -1,5 +1,6 @@
 """`bench data`: check a dataset before a run, prepare VisA, or write the synthetic demo dataset."""
 
+import logging
 import time
 from pathlib import Path
 from typing import Annotated
@@ -78,8 +79,15 @@ def check(
     console = Console()
     errors: list[str] = []
     warnings = 0
-    for name in categories:
-        report = check_category(dataset, root, name, mask_threshold)
+    # The report lists every problem, so the loader's own warnings would print them twice.
+    loader_logger = logging.getLogger("bench.data.folder")
+    previous_level = loader_logger.level
+    loader_logger.setLevel(logging.ERROR)
+    try:
+        reports = [check_category(dataset, root, name, mask_threshold) for name in categories]
+    finally:
+        loader_logger.setLevel(previous_level)
+    for report in reports:
         _print_report(console, report)
         errors += [problem.message for problem in report.errors]
         warnings += len(report.warnings)
@@ -223,7 +231,7 @@ def _print_category(console: Console, category: Category) -> None:
     console.print(table)
 
     sizes = count_image_sizes(category)
-    described = ", ".join(f"{width}x{height} ({count} images)" for (width, height), count in sizes.items())
+    described = ", ".join(f"{width}x{height} ({_images(count)})" for (width, height), count in sizes.items())
     console.print(f"image sizes (width x height): {described}")
 
 
@@ -234,7 +242,7 @@ def _print_report(console: Console, report: CategoryReport) -> None:
     else:
         _print_category(console, report.category)
 
-        modes = ", ".join(f"{mode} {file_format} ({count} images)" for (mode, file_format), count in report.images.items())
+        modes = ", ".join(f"{mode} {file_format} ({_images(count)})" for (mode, file_format), count in report.images.items())
         console.print(f"image modes: {escape(modes)}", soft_wrap=True)
 
         if report.mask_values is not None:
@@ -257,3 +265,7 @@ def _count_problems(errors: int, warnings: int) -> str:
     if warnings:
         parts.append(f"{warnings} warning" + ("s" if warnings != 1 else ""))
     return ", ".join(parts)
+
+
+def _images(count: int) -> str:
+    return f"{count} image" if count == 1 else f"{count} images"
