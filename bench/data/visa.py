@@ -290,17 +290,11 @@ def resolve_prepared_root(root: Path) -> Path:
     default_out = root / DEFAULT_OUT_NAME
     if default_out.is_dir():
         command = _interrupted_command(default_out) or f"bench data prepare visa --root {root}"
-        raise DatasetError(
-            f"VisA preparation in {default_out} is incomplete: {MARKER_NAME} is missing because it was interrupted "
-            f"or is still running (run `{command}` to finish it)"
-        )
+        raise _incomplete_preparation(default_out, command)
 
     command = _interrupted_command(root)
     if command is not None:
-        raise DatasetError(
-            f"VisA preparation in {root} is incomplete: {MARKER_NAME} is missing because it was interrupted "
-            f"or is still running (run `{command}` to finish it)"
-        )
+        raise _incomplete_preparation(root, command)
 
     if list_categories(root):
         raise DatasetError(
@@ -573,6 +567,11 @@ def _read_marker(marker: Path) -> dict:
             "(run `bench data prepare visa` again)"
         )
     return content
+
+
+def _incomplete_preparation(prepared: Path, command: str) -> DatasetError:
+    return DatasetError(f"VisA preparation in {prepared} is incomplete: {MARKER_NAME} is missing because it was "
+                        f"interrupted or is still running (run `{command}` to finish it)")
 
 
 def _interrupted_command(prepared: Path) -> str | None:

@@ -74,7 +74,7 @@ def pretrain_command(
     # A resumed session keeps the name and checkpoint interval of the run unless they are given again.
     stored = read_session(resume.expanduser().resolve().parent) if resume is not None else {}
     if name is None:
-        name = stored.get("name", DEFAULT_NAME) if stored else DEFAULT_NAME
+        name = stored.get("name", DEFAULT_NAME)
         register = register and name is not None
     if checkpoint_every is None:
         checkpoint_every = stored.get("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)

@@ -37,6 +37,7 @@ from rich.console import Console
 from torch.utils.data import Dataset
 
 from bench.errors import ConfigError
+from bench.fractals.export import write_atomically
 from bench.fractals.systems import SystemSet, load_systems
 from bench.pretrain.callbacks import LAST_CHECKPOINT, LastCheckpoint, ThroughputLog
 from bench.pretrain.config import (
@@ -97,9 +98,7 @@ def read_session(run_dir: Path) -> dict[str, Any]:
 
 def _write_session(run_dir: Path, registration: Registration, runtime: RuntimeOptions) -> None:
     settings = {"name": registration.name, "checkpoint_every": runtime.checkpoint_every}
-    temporary = run_dir / f".{SESSION_FILE}.partial"
-    temporary.write_text(json.dumps(settings, indent=2) + "\n")
-    os.replace(temporary, run_dir / SESSION_FILE)
+    write_atomically(run_dir / SESSION_FILE, lambda temporary: temporary.write_text(json.dumps(settings, indent=2) + "\n"))
 
 
 @dataclass(frozen=True)
@@ -331,8 +330,8 @@ def resume_run(checkpoint_path: Path, runtime: RuntimeOptions, registration: Reg
             )
     run_dir = checkpoint_path.parent
     if (run_dir / BACKBONE_FILE).is_file():
-        # Training has finished: like a rerun of the first command, keep its backbone file, whose
-        # hash registered weights depend on.
+        # Training has finished. Like a rerun of the first command, keep its backbone file, because
+        # registered weights store its hash.
         return _reuse_finished(config, run_dir, registration, _open_registry(registration), console)
     if config.data_dir is None:
         systems = load_run_systems(run_dir, config.systems_digest)
@@ -430,7 +429,7 @@ def _fit(config: PretrainConfig, runtime: RuntimeOptions, run_dir: Path, data: P
             # LastCheckpoint has saved the step that Lightning stopped after.
             pass
         except SystemExit:
-            # Lightning exits with status 1 after a KeyboardInterrupt, here the second Ctrl-C.
+            # Lightning exits with status 1 after a KeyboardInterrupt, which here is the second Ctrl-C.
             if checkpoint.stopped_by == "SIGINT":
                 raise SystemExit(128 + signal.SIGINT) from None
             raise

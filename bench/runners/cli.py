@@ -63,13 +63,13 @@ def _print_dry_run(spec: GridSpec, options: QueueOptions) -> None:
     from sqlalchemy import select
 
     from bench.runners.grid import expand, plan
-    from bench.schema.db import database_url, open_engine, session_factory
+    from bench.schema.db import open_engine, session_factory, sqlite_file
     from bench.schema.models import Run
 
     configs = expand(spec)
-    url = database_url(options.db)
     # A dry run never creates a database: a missing SQLite file reads as an empty one.
-    missing = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
+    path = sqlite_file(options.db)
+    missing = path is not None and not path.exists()
     engine = open_engine("sqlite://" if missing else options.db)
     sessions = session_factory(engine)
     with sessions() as session:
@@ -92,7 +92,7 @@ def _print_dry_run(spec: GridSpec, options: QueueOptions) -> None:
                       config.category, config.layers, str(config.seed), run.config_hash[:12])
     print_table(console, table)
     counts_text = ", ".join(f"{counts.get(status, 0)} {status}" for status in ("done", "failed", "running", "pending", "new"))
-    console.print(f"{len(planned)} run{'' if len(planned) == 1 else 's'}: {counts_text}; dry run, nothing was queued or run", highlight=False, soft_wrap=True)
+    console.print(f"{_plural(len(planned), 'run')}: {counts_text}; dry run, nothing was queued or run", highlight=False, soft_wrap=True)
 
 
 def _configure_logging(runs_dir: Path) -> None:

@@ -49,7 +49,7 @@ class GridSpec:
 
     @property
     def from_file(self) -> bool:
-        """Whether the grid came from a grid file, whose keys error messages then name."""
+        """Whether the grid came from a grid file, so that error messages name its keys instead of options."""
         return self.source != "command line"
 
 
@@ -102,10 +102,10 @@ def parse_method_options(texts: list[str], methods: list[str], grid_file: str | 
             raise ConfigError(f"invalid --option '{text}'; write key=value or method.key=value, e.g. coreset_ratio=0.01")
         scope, dot, name = key.rpartition(".")
         if dot:
-            if scope not in given and grid_file:
-                raise ConfigError(f"{grid_file}: table [options.{scope}] names method '{scope}', which is not in "
-                                  f"key 'method' ({', '.join(methods)})")
             if scope not in given:
+                if grid_file:
+                    raise ConfigError(f"{grid_file}: table [options.{scope}] names method '{scope}', which is not in "
+                                      f"key 'method' ({', '.join(methods)})")
                 raise ConfigError(f"--option '{text}' names method '{scope}', which is not among --method {', '.join(methods)}")
             given[scope][name] = value
             continue
@@ -138,7 +138,7 @@ def expand(spec: GridSpec) -> list[RunConfig]:
     try:
         return _expand(spec)
     except ConfigError as error:
-        # Every problem in a grid file names the file, also those found by shared validation code.
+        # Errors from shared validation code get the file's path too, so every problem in a grid file names it.
         if spec.from_file and not str(error).startswith(spec.source):
             raise ConfigError(f"{spec.source}: {error}") from None
         raise

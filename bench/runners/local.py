@@ -127,16 +127,18 @@ def _score(adapter, config: RunConfig, category: Category, weights: WeightsRecor
     masks = load_masks(category.test, height, width)
     with phases.step("metrics"):
         metrics = compute_metrics(labels, scores, masks, maps if masks is not None else None)
-    missing_masks = describe_missing_masks(category.test)
-    if missing_masks is not None:
-        # Pixel metrics need a mask for every anomalous image; say which ones lack it.
-        metrics = [MetricValue(metric.name, None, missing_masks, None) if metric.name in PIXEL_METRIC_NAMES
-                   else metric for metric in metrics]
-    if adapter.produces_maps:
-        return metrics
-    # The maps of a method without localisation repeat its image score, so pixel metrics
-    # computed from them would look real but measure nothing.
-    reason = f"method {adapter.name} produces no anomaly maps (image scores only)"
+    if not adapter.produces_maps:
+        # The maps of a method without localisation repeat its image score, so pixel metrics
+        # computed from them would look real but measure nothing.
+        return _without_pixel_metrics(metrics, f"method {adapter.name} produces no anomaly maps (image scores only)")
+    if masks is None:
+        # load_masks returns None when an anomalous image has no mask, and the reason names those images.
+        return _without_pixel_metrics(metrics, describe_missing_masks(category.test))
+    return metrics
+
+
+def _without_pixel_metrics(metrics: list[MetricValue], reason: str) -> list[MetricValue]:
+    """Replace the pixel metrics of `metrics` by NULL values with `reason`."""
     return [MetricValue(metric.name, None, reason, None) if metric.name in PIXEL_METRIC_NAMES else metric
             for metric in metrics]
 

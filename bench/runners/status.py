@@ -91,7 +91,7 @@ def render_status(status: GridStatus, url: str, target: Console) -> None:
     states = ("done", "running", "failed", "pending")
     total = sum(status.totals.values())
     counts = ", ".join(f"{status.totals[state]} {state}" for state in states)
-    target.print(f"{url}: {total} run{'' if total == 1 else 's'}: {counts}", highlight=False, soft_wrap=True)
+    target.print(f"{url}: {_plural(total, 'run')}: {counts}", highlight=False, soft_wrap=True)
 
     workers = len(status.workers)
     # One bench process runs all the workers of its --jobs, so processes are counted, not workers.

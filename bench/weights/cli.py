@@ -24,8 +24,9 @@ def list_command(db: DbOption = None) -> None:
 
     # Listing never creates a database: a missing SQLite file has no registered weights.
     path = sqlite_file(db)
+    exists = path is None or path.exists()
     records = []
-    if path is None or path.exists():
+    if exists:
         with session_factory(open_engine(db))() as session:
             records = list_weights(session)
 
@@ -36,7 +37,7 @@ def list_command(db: DbOption = None) -> None:
         table.add_row(str(record.id), record.name, record.arch, record.source, (record.sha256 or "")[:12],
                       " ".join(f"{v:.3f}" for v in record.mean), " ".join(f"{v:.3f}" for v in record.std),
                       str(record.path or ""))
-    if records or path is None or path.exists():
+    if exists:
         print_table(console, table)
     else:
         console.print(f"no registered weights: database {path} does not exist yet", highlight=False, soft_wrap=True)
