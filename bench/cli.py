@@ -78,8 +78,8 @@ def check_repeated_options(arguments: list[str]) -> None:
     click keeps the last value of such an option without a word, so `--image-size 64
     --image-size 96` would silently run at 96 px only. The grid axes are the options that repeat.
     """
-    # Typer 0.29 ships its own copy of click, so isinstance checks against click's classes fail
-    # and parameters are recognised by their fields instead.
+    # typer 0.28 and later ship their own copy of click, so isinstance checks against click's
+    # classes fail and parameters are recognised by their fields instead.
     command = typer.main.get_command(app)
     position = 0
     while hasattr(command, "commands") and position < len(arguments):
@@ -109,7 +109,7 @@ def check_repeated_options(arguments: list[str]) -> None:
                               f"pass it once{hint}")
 
 
-# typer 0.28 bundles its own copy of click, so the base class of its usage errors comes from the
+# typer's own copy of click also means that the base class of its usage errors is taken from the
 # class hierarchy of an exception that typer exports.
 ClickException = next(cls for cls in typer.BadParameter.__mro__ if cls.__name__ == "ClickException")
 

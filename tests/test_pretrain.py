@@ -229,7 +229,7 @@ def test_resume_matches_uninterrupted(tmp_path):
     assert resumed.meta["train_accuracy"] == full.meta["train_accuracy"]
 
 
-# 120 steps of about 20 ms on 2 CPU cores: long enough to be signalled after its first steps.
+# 120 steps of about 40 ms each on 2 CPU cores (measured), so a signal after the first steps lands mid-run.
 SIGNALLED = ["--arch", "resnet18", "--recipe", "single", "--classes", "4", "--image-size", "32", "--epochs", "30",
              "--samples-per-epoch", "32", "--batch-size", "8", "--held-out-per-class", "4", "--single-thread"]
 
